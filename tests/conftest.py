@@ -1,0 +1,48 @@
+"""Session-wide fixtures: one tiny dataset, one tiny LSTM and GRU, one model repository.
+
+Everything is built once per test session from generated data (no network, no shared/),
+small enough to train in seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_MODEL_NAMES = {"lstm": "tiny-lstm", "gru": "tiny-gru"}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A generated SST-2-style TSV (sentence<TAB>label) with a clear sentiment signal."""
+    from rnnserve.train.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "tiny.tsv", n=600, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
+    """cell -> checkpoint directory of a tiny trained model (embed 16, hidden 24, 2 layers)."""
+    from rnnserve.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("checkpoints")
+    result = {}
+    for cell in ("lstm", "gru"):
+        config = TrainConfig(
+            cell=cell, data=str(tiny_dataset), out=out / cell, embed_dim=16, hidden=24,
+            layers=2, epochs=3, batch_size=32, vocab_size=400, seed=0, progress=False,
+        )
+        result[cell] = train(config).checkpoint_dir
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_checkpoints) -> Path:
+    """A Triton-layout repository holding tiny-lstm and tiny-gru (fp32, version 1)."""
+    from rnnserve.export.exporter import export_checkpoint
+
+    repo = tmp_path_factory.mktemp("repository")
+    for cell, checkpoint in tiny_checkpoints.items():
+        export_checkpoint(checkpoint, repository=repo, name=TINY_MODEL_NAMES[cell])
+    return repo

@@ -1,0 +1,1 @@
+"""rnnserve.train."""
