@@ -1,0 +1,46 @@
+# Two entry points, as the README's first lines say:
+#   make demo  - install, train a small LSTM and GRU on the offline default data, export, serve
+#   make test  - install everything the suite needs and run it (.ci/run calls exactly this)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-dev system-deps lint protos clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# [serve,train]: what the demo needs (torch CPU pinned in pyproject).
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[serve,train]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed-run
+install-dev: $(VENV)/.installed-dev
+
+# Debian's Prometheus (metrics tests) and perf_analyzer (KServe v2 tests); both idempotent.
+system-deps:
+	bash .ci/install-prometheus.sh
+	bash bench/perf_analyzer.sh --install-only
+
+demo: install
+	$(BIN)/rnnserve demo
+
+test: install-dev system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+protos: install-dev
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) runs model_repository .pytest_cache

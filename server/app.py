@@ -1,0 +1,223 @@
+"""The server process: grpc.aio server with every servicer, health, reflection, metrics,
+model loading and graceful shutdown.
+
+Start-up: bind the port and answer health NOT_SERVING at once, load and warm every model
+(each model's health service turns SERVING when it is warm), then the overall health ("")
+and the API services turn SERVING and a ``ready`` event is logged.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`RnnServer.shutdown`): every health service turns
+NOT_SERVING; after ``drain_delay_seconds`` the server stops accepting RPCs; open streams stop
+reading, flush the answers to chunks already read and end with UNAVAILABLE; every accepted
+request and chunk finishes; then the workers stop. Whatever is still running when
+``grace_seconds`` have passed is cancelled. A second signal cancels at once.
+
+Optional pieces plug in here, one line each: ``kserve.register(server, registry, settings)``,
+``security.server_interceptors / server_credentials / server_options(settings)``,
+``metrics_http.start_metrics_server(telemetry, ...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from rnnserve.repository import RepositoryError
+
+from . import kserve, security
+from .logs import configure_logging, log_event
+from .registry import ModelRegistry
+from .runtime import RuntimeUnavailable, select_provider
+from .settings import ServerSettings
+from .telemetry import ServerTelemetry
+from .text_api import SERVICE as TEXT_SERVICE
+from .text_api import SentimentServicer, add_to_server
+
+log = logging.getLogger("rnnserve.server.app")
+
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def model_health_names(name: str, version: str) -> tuple[str, str]:
+    """Health service names of one model version: ``model/<name>``, ``model/<name>/<ver>``."""
+    return f"model/{name}", f"model/{name}/{version}"
+
+
+class RnnServer:
+    """One serving instance on the current event loop."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.telemetry = ServerTelemetry(enabled=settings.metrics_port >= 0)
+        self.registry = ModelRegistry(settings, self.telemetry)   # validates the repository
+        self.server: aio.Server | None = None
+        self.health = HealthServicer()
+        self.text = SentimentServicer(self.registry, settings)
+        self.port = 0
+        self.metrics = None
+        self.metrics_port: int | None = None
+        self.listening = asyncio.Event()     # port bound, health answering
+        self.ready = asyncio.Event()         # every model warm, health SERVING
+        self.stopped = asyncio.Event()
+        self._shutdown: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        host = self.settings.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "[::]")
+                                                              else host)
+        return f"{host}:{self.port}"
+
+    def _service_names(self) -> list[str]:
+        names = ["", TEXT_SERVICE, KSERVE_SERVICE]
+        for engine in self.registry.engines():
+            names.extend(model_health_names(engine.name, engine.version))
+        return names
+
+    async def start(self) -> None:
+        """Bind and start answering (NOT_SERVING), then load every model."""
+        settings = self.settings
+        started = time.perf_counter()
+        select_provider(settings.device, settings.cuda_device_id)   # --device cuda fails here
+        receive = settings.max_message_bytes
+        options = [("grpc.max_receive_message_length", receive),
+                   ("grpc.max_send_message_length", max(4 * receive, 16 * 1024 * 1024)),
+                   *security.server_options(settings)]
+        self.server = aio.server(options=options,
+                                 interceptors=security.server_interceptors(settings))
+        add_to_server(self.text, self.server)
+        kserve.register(self.server, self.registry, settings)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [TEXT_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"]
+             .full_name, reflection.SERVICE_NAME], self.server)
+        for name in self._service_names():
+            await self.health.set(name, NOT_SERVING)
+
+        address = f"{settings.host}:{settings.port}"
+        credentials = security.server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+        await self.server.start()
+        log_event(log, "listening", host=settings.host, port=self.port,
+                  tls=credentials is not None)
+        self.listening.set()
+        self._start_metrics()
+
+        async def model_ready(engine) -> None:
+            for name in model_health_names(engine.name, engine.version):
+                await self.health.set(name, SERVING)
+
+        await self.registry.load_all(model_ready)
+        for name in ("", TEXT_SERVICE, KSERVE_SERVICE):
+            await self.health.set(name, SERVING)
+        self.ready.set()
+        log_event(log, "ready", port=self.port, metrics_port=self.metrics_port,
+                  models=[engine.key for engine in self.registry.engines()],
+                  seconds=round(time.perf_counter() - started, 3))
+
+    def _start_metrics(self) -> None:
+        settings = self.settings
+        if settings.metrics_port < 0:
+            return
+        from .metrics_http import start_metrics_server
+
+        self.metrics = start_metrics_server(self.telemetry, host=settings.metrics_host,
+                                            port=settings.metrics_port,
+                                            authorize=security.metrics_authorizer(settings))
+        self.metrics_port = self.metrics.port
+        log_event(log, "metrics_listening", host=settings.metrics_host, port=self.metrics_port)
+
+    def shutdown(self, grace: float | None = None) -> asyncio.Task:
+        """Begin the graceful shutdown (idempotent); await the task to wait for it."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.get_running_loop().create_task(self._drain(grace))
+        return self._shutdown
+
+    async def _drain(self, grace: float | None) -> None:
+        settings = self.settings
+        grace = settings.grace_seconds if grace is None else grace
+        started = time.perf_counter()
+        log_event(log, "draining", grace_seconds=grace,
+                  drain_delay_seconds=settings.drain_delay_seconds)
+        await self.health.enter_graceful_shutdown()
+        if settings.drain_delay_seconds > 0:
+            await asyncio.sleep(settings.drain_delay_seconds)
+        stopping = None
+        if self.server is not None:
+            stopping = asyncio.ensure_future(self.server.stop(grace))
+            await asyncio.sleep(0)     # no new RPCs from here on
+        self.text.begin_drain()
+        if stopping is not None:
+            await stopping
+        remaining = max(0.0, grace - (time.perf_counter() - started))
+        await self.registry.close(timeout=remaining)
+        if self.metrics is not None:
+            self.metrics.stop()
+        log_event(log, "stopped", seconds=round(time.perf_counter() - started, 3))
+        self.stopped.set()
+
+    async def abort(self) -> None:
+        """Stop now: cancel every call (second signal)."""
+        log_event(log, "abort", level=logging.WARNING)
+        if self.server is not None:
+            await self.server.stop(0)
+
+
+async def run(settings: ServerSettings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit status."""
+    loop = asyncio.get_running_loop()
+    try:
+        server = RnnServer(settings)
+    except (RepositoryError, ValueError) as exc:
+        log_event(log, "startup_failed", level=logging.ERROR, error=str(exc))
+        return 2
+    signals = 0
+    starting = loop.create_task(server.start())
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        log_event(log, "signal", signal=signal.Signals(signum).name)
+        if signals == 1:
+            starting.cancel()          # no-op once started
+            server.shutdown()
+        else:
+            loop.create_task(server.abort())
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await starting
+    except asyncio.CancelledError:
+        pass                           # a signal during start-up: drain what is up
+    except (RepositoryError, RuntimeUnavailable, OSError, ValueError) as exc:
+        log_event(log, "startup_failed", level=logging.ERROR, error=f"{exc}")
+        if server.server is not None:
+            await server.server.stop(0)
+        await server.registry.close(timeout=0)
+        return 1
+    await server.stopped.wait()
+    return 0
+
+
+def serve(settings: ServerSettings) -> int:
+    """Configure logging and run the server to completion (the CLI's entry point)."""
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(run(settings))
+
+
+__all__ = ["RnnServer", "grpc", "model_health_names", "run", "serve"]

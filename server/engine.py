@@ -1,0 +1,429 @@
+"""ModelEngine: one served model version, the single path every protocol uses.
+
+Text API and KServe traffic both come through here, so they are batched together (one
+scheduler per model version) and counted once (one ModelTelemetry).
+
+Invariants:
+- Nothing reaches the scheduler unvalidated: texts are non-empty after tokenization, their
+  count is within ``max_texts_per_request``, token ids are in the vocabulary.
+- Validation failures leave no side effects (no admitted rows, no opened sequence).
+- ``classify`` returns Predictions in request order; ``submit_step`` answers a sequence's
+  chunks in submission order (futures resolve in that order).
+- Every accepted request reports ``request_finished`` exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from rnnserve.repository import (
+    LABELS_FILE,
+    METADATA_FILE,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    RepositoryError,
+    RepositoryMetadata,
+    config_parameters,
+)
+
+from .batcher import BatchRequest, Prediction, Scheduler, SequenceBatcher
+from .errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable, status_of
+from .execution import BatchExecutor, Row
+from .logs import log_event
+from .runtime import CostModel, OnnxModel
+from .sequences import SequenceStore
+from .settings import ServerSettings
+from .tokenize import TextEncoder, check_ids
+
+__all__ = ["EngineOptions", "ModelEngine", "Prediction"]
+
+log = logging.getLogger("rnnserve.server.engine")
+
+DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_CHUNK_LENGTH = 256
+DEFAULT_IDLE_SECONDS = 60.0
+#: Texts whose total size exceeds this are tokenized off the event loop.
+INLINE_TOKENIZE_CHARS = 16_384
+
+_stream_ids = itertools.count(1)
+
+
+class StreamKey(tuple):
+    """Server-generated sequence id of a text-API stream; can never equal a client's id."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return f"stream-{self[1]}"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Serving knobs of one model version: settings override config.pbtxt."""
+
+    max_batch_size: int
+    max_queue_delay_s: float
+    adaptive: bool
+    max_queue_size: int
+    chunk_length: int
+    instances: int
+    max_texts_per_request: int
+    max_sequences: int
+    sequence_idle_seconds: float
+    max_pending_chunks: int
+    evict_idle_sequences: bool
+    warmup: bool
+    length_split: bool
+
+    @classmethod
+    def resolve(cls, config: model_config_pb2.ModelConfig,
+                settings: ServerSettings) -> EngineOptions:
+        params = config_parameters(config)
+        delay_us = settings.max_queue_delay_us
+        if delay_us is None and config.HasField("dynamic_batching"):
+            delay_us = config.dynamic_batching.max_queue_delay_microseconds
+        if delay_us is None and config.sequence_batching.HasField("oldest"):
+            delay_us = config.sequence_batching.oldest.max_queue_delay_microseconds
+        if delay_us is None:
+            delay_us = DEFAULT_QUEUE_DELAY_US
+        idle = settings.sequence_idle_seconds
+        if idle is None and config.sequence_batching.max_sequence_idle_microseconds > 0:
+            idle = config.sequence_batching.max_sequence_idle_microseconds / 1e6
+        chunk = settings.chunk_length or int(params.get("chunk_length") or DEFAULT_CHUNK_LENGTH)
+        instances = settings.instances or sum(g.count for g in config.instance_group) or 1
+        return cls(
+            max_batch_size=settings.max_batch_size or max(1, config.max_batch_size),
+            max_queue_delay_s=delay_us / 1e6,
+            adaptive=settings.adaptive_queue_delay,
+            max_queue_size=settings.max_queue_size,
+            chunk_length=chunk,
+            instances=instances,
+            max_texts_per_request=settings.max_texts_per_request,
+            max_sequences=settings.max_sequences,
+            sequence_idle_seconds=idle or DEFAULT_IDLE_SECONDS,
+            max_pending_chunks=settings.max_pending_chunks,
+            evict_idle_sequences=settings.evict_idle_sequences,
+            warmup=settings.warmup,
+            length_split=settings.length_split,
+        )
+
+
+class ModelEngine:
+    """Tokenizer, ORT sessions, scheduler and sequence store of one model version.
+
+    Life cycle: construct (reads files, cheap) -> ``load()`` (blocking: sessions, warm-up;
+    run it in a thread) -> ``start()`` on the serving loop -> serve -> ``close()``.
+    """
+
+    def __init__(self, name: str, version: str, directory: Path,
+                 config: model_config_pb2.ModelConfig, settings: ServerSettings,
+                 telemetry=None) -> None:
+        self.name = name
+        self.version = version
+        self.directory = Path(directory)
+        self.config = config
+        self.settings = settings
+        self.telemetry = telemetry
+        params = config_parameters(config)
+        try:
+            self.metadata = RepositoryMetadata.model_validate_json(
+                (self.directory / METADATA_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RepositoryError(f"{self.directory / METADATA_FILE}: {exc}") from exc
+        labels_path = self.directory / params.get("labels", LABELS_FILE)
+        try:
+            labels = [line.strip() for line in labels_path.read_text("utf-8").splitlines()
+                      if line.strip()]
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {labels_path}: {exc}") from exc
+        if labels != list(self.metadata.labels) or len(labels) != self.metadata.num_labels:
+            raise RepositoryError(f"{labels_path} does not match metadata labels "
+                                  f"{self.metadata.labels}")
+        self.labels: list[str] = labels
+        self.options = EngineOptions.resolve(config, settings)
+        tokenizer_path = self.directory / params.get("tokenizer", TOKENIZER_FILE)
+        try:
+            self.encoder = TextEncoder(tokenizer_path, vocab_size=self.metadata.vocab_size)
+        except Exception as exc:
+            raise RepositoryError(f"cannot load tokenizer {tokenizer_path}: {exc}") from exc
+        self.streaming = not self.metadata.bidirectional
+        self.store = SequenceStore(
+            capacity=self.options.max_sequences if self.streaming else 1,
+            state_count=len(self.metadata.state_names),
+            state_shape=self.metadata.state_shape,
+            idle_seconds=self.options.sequence_idle_seconds,
+            evict_idle=self.options.evict_idle_sequences, telemetry=telemetry)
+        self.models: list[OnnxModel] = []
+        self.cost_model: CostModel | None = None
+        self.provider = ""
+        self.ready = False
+        self.load_seconds = 0.0
+        self.scheduler: Scheduler | None = None
+        self.sequences: SequenceBatcher | None = None
+        self._expiry: asyncio.Task | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Create one ORT session per instance and warm each up (blocking)."""
+        started = time.perf_counter()
+        options = self.options
+        path = self.directory / ONNX_FILE
+        warm = 0.0
+        for _ in range(options.instances):
+            model = OnnxModel(path, self.metadata, self.settings,
+                              max_batch_size=options.max_batch_size)
+            if options.warmup:
+                warm += model.warmup(warmup_batch_sizes(options.max_batch_size),
+                                     [min(16, options.chunk_length)])
+                warm += model.warmup([options.max_batch_size], [options.chunk_length])
+            if options.length_split and self.cost_model is None:
+                self.cost_model = model.calibrate(options.max_batch_size, options.chunk_length)
+            self.models.append(model)
+        self.provider = self.models[0].provider
+        self.load_seconds = time.perf_counter() - started
+        if self.telemetry is not None:
+            _call(self.telemetry, "set_load_seconds", self.load_seconds)
+            _call(self.telemetry, "set_execution_providers", self.provider)
+        log_event(log, "model_loaded", model=self.name, version=self.version,
+                  provider=self.provider, instances=options.instances,
+                  max_batch_size=options.max_batch_size, chunk_length=options.chunk_length,
+                  max_queue_delay_us=round(options.max_queue_delay_s * 1e6),
+                  state_bytes_per_sequence=self.store.state_bytes,
+                  cost_model=None if self.cost_model is None else {
+                      key: round(value * 1e6, 2) for key, value in
+                      (("call_us", self.cost_model.call), ("step_us", self.cost_model.step),
+                       ("row_step_us", self.cost_model.row_step))},
+                  warmup_seconds=round(warm, 3), seconds=round(self.load_seconds, 3))
+
+    def start(self) -> None:
+        """Start the workers and the expiry sweep on the running loop; then ready."""
+        options = self.options
+        executors = [BatchExecutor(model, max_batch_size=options.max_batch_size,
+                                   chunk_length=options.chunk_length,
+                                   pad_id=self.metadata.pad_id, pool=self.store.pool,
+                                   cost_model=self.cost_model)
+                     for model in self.models]
+        self.scheduler = Scheduler(executors, max_batch_size=options.max_batch_size,
+                                   max_queue_delay_s=options.max_queue_delay_s,
+                                   adaptive=options.adaptive,
+                                   max_queue_size=options.max_queue_size,
+                                   telemetry=self.telemetry, name=self.key)
+        self.sequences = SequenceBatcher(self.scheduler, self.store, self.labels,
+                                         max_pending=options.max_pending_chunks)
+        self.scheduler.start()
+        if self.streaming:
+            self._expiry = asyncio.get_running_loop().create_task(
+                self._expire_loop(), name=f"rnnserve-expiry-{self.key}")
+        self.ready = True
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Finish admitted work (up to ``timeout``), then stop workers and free state."""
+        self.ready = False
+        if self.scheduler is None:
+            return
+        await self.scheduler.wait_idle(timeout)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for state in self.store.close_all("ended"):
+            self.sequences.cancel_pending(state, Unavailable("the server is shutting down"))
+        await self.scheduler.close()
+
+    async def _expire_loop(self) -> None:
+        period = min(1.0, self.options.sequence_idle_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.store.expire()
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable(f"model {self.key} is not ready (loading or shutting down); "
+                              "retry shortly")
+
+    # -- stateless ----------------------------------------------------------------------
+
+    async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
+        """Predictions for ``texts`` (1..max_texts_per_request non-empty texts)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self._check_count(len(texts))
+            tokenize_started = time.perf_counter()
+            if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
+                ids = await asyncio.to_thread(self.encoder.encode_nonempty, texts)
+            else:
+                ids = self.encoder.encode_nonempty(texts)
+            tokenize = (time.perf_counter() - tokenize_started) / len(texts)
+            return await self._run_rows(ids, tokenize)
+        except BaseException as exc:
+            code = status_of(exc)
+            raise
+        finally:
+            self._finished(api, "unary", code, started, len(texts))
+
+    async def classify_ids(self, rows: Sequence[np.ndarray], *,
+                           api: str = "kserve") -> list[Prediction]:
+        """Predictions for pre-tokenized rows (validated: 1-D, non-empty, in vocabulary)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            self._check_count(len(rows))
+            return await self._run_rows(check_ids(rows, self.metadata.vocab_size), 0.0)
+        except BaseException as exc:
+            code = status_of(exc)
+            raise
+        finally:
+            self._finished(api, "unary", code, started, len(rows))
+
+    def _check_count(self, n: int) -> None:
+        self._check_ready()
+        if n == 0:
+            raise InvalidArgument("no texts in the request; send at least one")
+        if n > self.options.max_texts_per_request:
+            raise InvalidArgument(f"{n} texts in one request; at most "
+                                  f"{self.options.max_texts_per_request} are allowed, split "
+                                  "the request")
+
+    async def _run_rows(self, ids: list[np.ndarray], tokenize: float) -> list[Prediction]:
+        scheduler = self.scheduler
+        future = asyncio.get_running_loop().create_future()
+        request = BatchRequest(future, len(ids), self.labels)
+        scheduler.admit(len(ids))
+        for index, row_ids in enumerate(ids):
+            scheduler.submit(Row(row_ids, request, index, tokenize_seconds=tokenize))
+        return await future
+
+    # -- sequences ----------------------------------------------------------------------
+
+    def new_sequence_id(self) -> Hashable:
+        """A fresh server-side sequence id (used by the text API: one stream = one id)."""
+        return StreamKey(("stream", next(_stream_ids)))
+
+    def submit_step(self, sequence_id: Hashable, text: str | None = None, *,
+                    ids: np.ndarray | None = None, start: bool = False, end: bool = False,
+                    restart: bool = False, api: str = "text") -> asyncio.Future:
+        """Accept one chunk of a sequence now; the returned future resolves to the running
+        Prediction after it. Raises (without side effects) when the chunk is refused.
+
+        Calls for one sequence are answered in call order, so a client may pipeline.
+        ``start`` opens ``sequence_id`` (ALREADY_EXISTS if open, unless ``restart``, which
+        zeroes its state before this chunk); otherwise the sequence must be open
+        (NOT_FOUND). ``end`` closes it after this chunk. ``text`` may be empty only with
+        ``end`` on a sequence that has seen text.
+        """
+        started = time.perf_counter()
+        self._check_ready()
+        if not self.streaming:
+            raise FailedPrecondition(
+                f"model {self.key} is bidirectional: it reads every text backwards as well, "
+                "so it cannot run on a stream of chunks; use Classify with the whole text")
+        tokenize_started = time.perf_counter()
+        if ids is None:
+            tokens = self.encoder.encode([text or ""])[0]
+        else:
+            tokens = check_ids([ids], self.metadata.vocab_size)[0] if len(ids) else \
+                np.empty(0, dtype=np.int64)
+        tokenize = time.perf_counter() - tokenize_started
+        if tokens.size == 0 and (start or not end):
+            what = "the first chunk" if start else "a chunk without end"
+            raise InvalidArgument(f"{what} has no tokens (empty or only whitespace); send "
+                                  "text, or set end to finish the sequence")
+        store = self.store
+        opened = None
+        reset = False
+        if start:
+            state = store.find(sequence_id)
+            if state is not None and restart:
+                reset = True
+            else:
+                state = opened = store.open(sequence_id)
+        else:
+            state = store.get(sequence_id)
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.sequences.submit(state, tokens, future, end=end, reset=reset,
+                                  tokenize_seconds=tokenize)
+        except BaseException:
+            if opened is not None:
+                store.close(opened, "ended")
+            raise
+        if self.telemetry is not None:
+            future.add_done_callback(lambda f: self._finished(
+                api, "stream", grpc.StatusCode.CANCELLED if f.cancelled()
+                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
+                started, 1))
+        return future
+
+    async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
+                          api: str = "text", restart: bool = False) -> Prediction:
+        """``await submit_step(...)``: the running prediction after this chunk."""
+        return await self.submit_step(sequence_id, text, start=start, end=end,
+                                      restart=restart, api=api)
+
+    def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
+        """Close ``sequence_id`` now (idempotent): queued chunks fail, state is freed as soon
+        as no chunk of it is running."""
+        state = self.store.find(sequence_id)
+        if state is None:
+            return
+        self.sequences.cancel_pending(state, _ended_error(sequence_id))
+        self.store.close(state, why)
+
+    # -- description --------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        meta = self.metadata
+        options = self.options
+        return {
+            "name": self.name, "version": self.version, "labels": list(self.labels),
+            "cell": meta.cell, "vocab_size": meta.vocab_size, "embed_dim": meta.embed_dim,
+            "hidden": meta.hidden, "layers": meta.layers, "bidirectional": meta.bidirectional,
+            "precision": meta.precision, "state_bytes_per_sequence": self.store.state_bytes,
+            "max_batch_size": options.max_batch_size, "chunk_length": options.chunk_length,
+            "streaming": self.streaming,
+            "max_open_sequences": options.max_sequences if self.streaming else 0,
+            "sequence_idle_seconds": options.sequence_idle_seconds,
+            "execution_provider": self.provider,
+            "metrics": {**meta.metrics, **meta.validation},
+        }
+
+    def _finished(self, api: str, kind: str, code, started: float, texts: int) -> None:
+        if self.telemetry is not None:
+            self.telemetry.request_finished(api=api, kind=kind, code=code,
+                                            seconds=time.perf_counter() - started, texts=texts)
+
+
+def _ended_error(sequence_id) -> Aborted:
+    return Aborted(f"sequence {sequence_id!s} was ended before this chunk ran")
+
+
+def warmup_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two below ``max_batch_size``, and ``max_batch_size`` itself."""
+    sizes = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+def _call(obj, method: str, *args) -> None:
+    """Call an optional telemetry hook if the telemetry implementation has it."""
+    hook = getattr(obj, method, None)
+    if hook is not None:
+        hook(*args)

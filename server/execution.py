@@ -1,0 +1,231 @@
+"""One batch through ONNX Runtime: assemble inputs, run, softmax, carry state.
+
+This is the worker-thread half of batching (server/batcher.py is the event-loop half).
+
+Invariants:
+- A :class:`Row` handed to :meth:`BatchExecutor.execute` is owned by the worker thread until
+  ``execute`` returns: nothing on the event loop reads or writes it meanwhile.
+- One step of a row feeds at most ``chunk_length`` of its tokens (``ids[offset:offset+step]``);
+  after the step ``offset`` has advanced by ``step`` and the state after those tokens is
+  carried: in the sequence's pool slot (``slot >= 0``) or in ``row.state`` (stateless rows
+  that still have tokens left). So any text runs in memory bounded by
+  ``max_batch_size x chunk_length``.
+- A row with ``fresh`` set starts from zero state (never from whatever its slot held);
+  ``fresh`` is cleared after its first step.
+- Input buffers are preallocated per executor (``max_batch_size x chunk_length`` ids and
+  ``max_batch_size`` state rows); a batch uses C-contiguous prefixes of them, so the hot
+  path allocates only ORT's outputs.
+- Every row has 1 <= step <= T and ids in the model's vocabulary (checked upstream), so
+  nothing malformed reaches ORT.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .runtime import CostModel, OnnxModel
+
+
+class Row:
+    """One text (stateless) or one chunk of a sequence, possibly spanning several steps."""
+
+    __slots__ = ("enqueued", "fresh", "ids", "index", "offset", "owner", "slot", "state",
+                 "tokenize_seconds")
+
+    def __init__(self, ids: np.ndarray, owner, index: int = 0, *, slot: int = -1,
+                 fresh: bool = True, tokenize_seconds: float = 0.0) -> None:
+        self.ids = ids                  # int64 [n], n >= 1
+        self.offset = 0                 # tokens already processed
+        self.owner = owner              # gets complete()/fail() (server/batcher.py)
+        self.index = index              # position in the owner's request
+        self.slot = slot                # sequence pool slot, or -1 for stateless rows
+        self.fresh = fresh              # next step starts from zero state
+        self.state: tuple[np.ndarray, ...] | None = None   # carried state (stateless only)
+        self.tokenize_seconds = tokenize_seconds
+        self.enqueued = 0.0             # perf_counter() when (re)queued
+
+    @property
+    def remaining(self) -> int:
+        return self.ids.size - self.offset
+
+
+@dataclass(slots=True)
+class BatchResult:
+    logits: np.ndarray          # float32 [B, labels]
+    probabilities: np.ndarray   # float32 [B, labels]
+    top: np.ndarray             # int64 [B], argmax per row
+    real_tokens: int
+    padded_tokens: int
+    input_seconds: float
+    infer_seconds: float
+    output_seconds: float
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+#: Splits are nested at most this deep, so a batch runs as at most 2**depth ORT calls
+#: (padding efficiency gains flatten out quickly, per-call overheads do not).
+MAX_SPLIT_DEPTH = 2
+
+
+def split_by_length(steps: Sequence[int], model: CostModel | None) -> list[list[int]]:
+    """Partition row indices into groups of similar length (one ORT call each) when the
+    modelled cost of the groups is lower than one padded call.
+
+    Recursive best single split over the rows sorted by length (O(n) per level, at most
+    ``MAX_SPLIT_DEPTH`` levels); one group whenever splitting would not pay.
+    """
+    order = sorted(range(len(steps)), key=steps.__getitem__)
+    if model is None or len(order) < 2 or steps[order[0]] == steps[order[-1]]:
+        return [order]
+    lengths = [steps[i] for i in order]
+    groups: list[list[int]] = []
+
+    def split(lo: int, hi: int, depth: int) -> None:   # rows order[lo:hi], ascending
+        if depth == MAX_SPLIT_DEPTH:
+            groups.append(order[lo:hi])
+            return
+        best, best_cost = -1, model.cost(hi - lo, lengths[hi - 1])
+        for cut in range(lo + 1, hi):
+            if lengths[cut - 1] == lengths[cut]:
+                continue
+            cost = model.cost(cut - lo, lengths[cut - 1]) + model.cost(hi - cut,
+                                                                        lengths[hi - 1])
+            if cost < best_cost:
+                best, best_cost = cut, cost
+        if best < 0:
+            groups.append(order[lo:hi])
+        else:
+            split(lo, best, depth + 1)
+            split(best, hi, depth + 1)
+
+    split(0, len(order), 0)
+    return groups
+
+
+class BatchExecutor:
+    """Runs batches of rows on one :class:`OnnxModel` (one instance, one thread).
+
+    A batch handed over by the scheduler may run as several ORT calls, one per group of
+    rows of similar length (:func:`split_by_length`), when that is cheaper than padding
+    every row to the longest one.
+    """
+
+    def __init__(self, model: OnnxModel, *, max_batch_size: int, chunk_length: int,
+                 pad_id: int, pool: Sequence[np.ndarray],
+                 cost_model: CostModel | None = None) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.chunk_length = chunk_length
+        self.pad_id = pad_id
+        self.pool = tuple(pool)    # the sequence store's state arrays [slots, L*D, H]
+        self.cost_model = cost_model
+        self._ids = np.empty(max_batch_size * chunk_length, dtype=np.int64)
+        self._lengths = np.empty(max_batch_size, dtype=np.int64)
+        shape = (max_batch_size, *model.state_shape)
+        self._states = tuple(np.empty(shape, dtype=np.float32) for _ in model.state_names)
+
+    def execute(self, rows: Sequence[Row]) -> BatchResult:
+        """One step of every row (1 <= len(rows) <= max_batch_size), in one or more calls."""
+        chunk = self.chunk_length
+        steps = [min(row.ids.size - row.offset, chunk) for row in rows]
+        groups = split_by_length(steps, self.cost_model)
+        if len(groups) == 1:
+            return self._run(rows, steps)
+        logits = np.empty((len(rows), self.model.num_labels), dtype=np.float32)
+        padded = 0
+        timings = [0.0, 0.0, 0.0]
+        for group in groups:
+            part = self._run([rows[i] for i in group], [steps[i] for i in group])
+            logits[group] = part.logits
+            padded += part.padded_tokens
+            timings[0] += part.input_seconds
+            timings[1] += part.infer_seconds
+            timings[2] += part.output_seconds
+        return BatchResult(logits, softmax(logits.copy()), logits.argmax(axis=1), sum(steps),
+                           padded, *timings)
+
+    def _run(self, rows: Sequence[Row], steps: Sequence[int]) -> BatchResult:
+        """One ORT call for one step of ``rows``."""
+        started = time.perf_counter()
+        batch = len(rows)
+        width = max(steps)
+        ids = self._ids[: batch * width].reshape(batch, width)
+        ids.fill(self.pad_id)
+        for i, row in enumerate(rows):
+            ids[i, : steps[i]] = row.ids[row.offset: row.offset + steps[i]]
+        lengths = self._lengths[:batch]
+        lengths[:] = steps
+
+        states = self._gather(rows, batch)
+        want_state = False
+        for row, step in zip(rows, steps, strict=True):
+            if row.slot >= 0 or step < row.ids.size - row.offset:
+                want_state = True
+                break
+
+        assembled = time.perf_counter()
+        logits, out_states = self.model.run(ids, lengths, states, want_state=want_state)
+        inferred = time.perf_counter()
+
+        probabilities = softmax(logits.copy())
+        top = logits.argmax(axis=1)
+        if want_state:
+            self._scatter(rows, steps, out_states)
+        for row, step in zip(rows, steps, strict=True):
+            row.offset += step
+            row.fresh = False
+        finished = time.perf_counter()
+        return BatchResult(logits, probabilities, top, sum(steps), batch * width,
+                           assembled - started, inferred - assembled, finished - inferred)
+
+    def _gather(self, rows: Sequence[Row], batch: int) -> tuple[np.ndarray, ...] | None:
+        """Input state for the batch, or None when every row starts from zeros."""
+        slot_rows: list[int] = []
+        slots: list[int] = []
+        carried: list[int] = []
+        for i, row in enumerate(rows):
+            if row.fresh:
+                continue
+            if row.slot >= 0:
+                slot_rows.append(i)
+                slots.append(row.slot)
+            elif row.state is not None:
+                carried.append(i)
+        if not slot_rows and not carried:
+            return None
+        states = tuple(buffer[:batch] for buffer in self._states)
+        for buffer in states:
+            buffer.fill(0.0)
+        if slot_rows:
+            for buffer, pool in zip(states, self.pool, strict=True):
+                buffer[slot_rows] = pool[slots]
+        for i in carried:
+            for buffer, value in zip(states, rows[i].state, strict=True):
+                buffer[i] = value
+        return states
+
+    def _scatter(self, rows: Sequence[Row], steps: Sequence[int],
+                 out_states: tuple[np.ndarray, ...]) -> None:
+        slot_rows: list[int] = []
+        slots: list[int] = []
+        for i, row in enumerate(rows):
+            if row.slot >= 0:
+                slot_rows.append(i)
+                slots.append(row.slot)
+            elif steps[i] < row.ids.size - row.offset:
+                row.state = tuple(out[i].copy() for out in out_states)
+            else:
+                row.state = None
+        if slot_rows:
+            for pool, out in zip(self.pool, out_states, strict=True):
+                pool[slots] = out[slot_rows]

@@ -1,0 +1,117 @@
+"""Server configuration: flags and ``RNNSERVE_*`` environment variables.
+
+Precedence (highest first): values passed to the constructor (command-line flags), then
+environment variables (``RNNSERVE_PORT=9001``), then the defaults below. No ``.env`` file
+is read.
+
+Fields left ``None`` fall back to the model's ``config.pbtxt`` (per model), then to the
+built-in default named in the field's description. Every field is documented in
+docs/server.md (the settings table is checked against this class by a test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from .security import SecuritySettings
+
+Device = Literal["auto", "cpu", "cuda"]
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+LogFormat = Literal["json", "kv"]
+
+
+class ServerSettings(SecuritySettings):
+    """Everything ``rnnserve serve`` can be told. Immutable once built.
+
+    Inherits the transport-security fields (TLS, bearer tokens, connection limits) from ``server/security.py``'s SecuritySettings,
+    so one flat ``RNNSERVE_*`` namespace configures the whole server.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", extra="ignore", frozen=True,
+                                      env_ignore_empty=True)
+
+    # --- where and what ---------------------------------------------------------------
+    repository: Path = Field(Path("model_repository"),
+                             description="Triton-layout model repository to serve.")
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(8001, ge=0, le=65535,
+                      description="gRPC port; 0 picks a free port (logged at start-up).")
+    metrics_host: str = Field("0.0.0.0", description="Address of the Prometheus endpoint.")
+    metrics_port: int = Field(8002, ge=-1, le=65535,
+                              description="Prometheus /metrics port; 0 = any free port, "
+                                          "-1 = no metrics endpoint.")
+    default_model: str | None = Field(None, description="Model an empty model name selects; "
+                                      "default: the only model, if there is exactly one.")
+
+    # --- ONNX Runtime -----------------------------------------------------------------
+    device: Device = Field("auto", description="auto: CUDA if usable, else CPU (one log line "
+                           "says which and why); cpu; cuda: fail start-up without CUDA.")
+    cuda_device_id: int = Field(0, ge=0, description="CUDA device ordinal.")
+    intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; "
+                                  "0 = the CPUs this process may use (taskset/cpuset) minus "
+                                  "one for the event loop, at least 1.")
+    inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session.")
+    graph_optimization: GraphOptimization = Field("all", description="ORT graph optimisation "
+                                                  "level.")
+    cpu_mem_arena: bool = Field(True, description="ORT CPU memory arena.")
+    mem_pattern: bool = Field(True, description="ORT memory-pattern planning.")
+    intra_op_spinning: bool = Field(False, description="Let ORT's intra-op threads spin "
+                                    "between ops (ORT's default; hurts when cores are shared "
+                                    "with the event loop, measured 2x slower on 2 cores).")
+    cuda_arena_extend_strategy: Literal["next_power_of_two", "same_as_requested"] = Field(
+        "next_power_of_two", description="CUDA arena growth policy.")
+    cuda_mem_limit_bytes: int = Field(0, ge=0, description="CUDA arena limit; 0 = unlimited.")
+    instances: int | None = Field(None, ge=1, description="Sessions (execution instances) per "
+                                  "model version; default: config instance_group count, else 1.")
+    warmup: bool = Field(True, description="Run every batch-size bucket once before ready.")
+
+    # --- batching ---------------------------------------------------------------------
+    max_batch_size: int | None = Field(None, ge=1, description="Rows per ORT call; default "
+                                       "config max_batch_size.")
+    max_queue_delay_us: int | None = Field(None, ge=0, description="Longest a row waits for "
+                                           "a fuller batch; default config dynamic_batching"
+                                           ".max_queue_delay_microseconds, else 500.")
+    adaptive_queue_delay: bool = Field(True, description="Wait only for as many rows as the "
+                                       "previous batch had, so lone clients never wait.")
+    length_split: bool = Field(True, description="Run a batch as several ORT calls of "
+                               "similar-length rows when a cost model measured at load says "
+                               "that beats padding every row to the longest.")
+    max_queue_size: int = Field(4096, ge=1, description="Accepted, unfinished rows (texts and "
+                                "chunks) per model version; beyond it RESOURCE_EXHAUSTED.")
+    chunk_length: int | None = Field(None, ge=1, description="Max tokens of one row per ORT "
+                                     "call (longer texts run in chunks with carried state); "
+                                     "default config rnnserve.chunk_length, else 256.")
+    max_texts_per_request: int = Field(256, ge=1, description="Texts in one Classify call.")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC "
+                                   "message received (sent: 4x, responses carry floats).")
+
+    # --- sequences --------------------------------------------------------------------
+    max_sequences: int = Field(4096, ge=1, description="Open sequences per model version "
+                               "(state pool slots).")
+    sequence_idle_seconds: float | None = Field(None, gt=0, description="Idle sequences "
+                                                "expire after this; default config "
+                                                "max_sequence_idle_microseconds, else 60.")
+    max_pending_chunks: int = Field(64, ge=1, description="Chunks one sequence may have "
+                                    "queued (pipelined) at once.")
+    evict_idle_sequences: bool = Field(False, description="When the pool is full, evict the "
+                                       "least recently used idle sequence instead of "
+                                       "refusing the new one.")
+
+    # --- operations -------------------------------------------------------------------
+    grace_seconds: float = Field(30.0, ge=0, description="Shutdown: longest wait for accepted "
+                                 "work before remaining calls are cancelled.")
+    drain_delay_seconds: float = Field(0.0, ge=0, description="Shutdown: keep serving this "
+                                       "long after health turns NOT_SERVING (lets load "
+                                       "balancers notice).")
+    log_format: LogFormat = Field("json", description="json or kv (key=value), one line per "
+                                  "event.")
+    log_level: str = Field("INFO", description="Python logging level name.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()

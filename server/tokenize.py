@@ -1,0 +1,71 @@
+"""Text -> token ids with the model's own ``tokenizer.json`` (HF tokenizers, no torch).
+
+Invariants:
+- The tokenizer is used exactly as saved by training (same normalizer, pre-tokenizer, model)
+  except that truncation and padding are switched off: the server pads itself and runs long
+  texts in chunks, so nothing is ever cut.
+- No special tokens are added (training adds none, train/tokenizer.py); hence a text split at
+  whitespace encodes to the concatenation of its pieces' encodings, which is what makes a
+  stream of chunks equal to the whole text.
+- Every id returned is in ``[0, vocab_size)`` of the ONNX embedding (checked once at load:
+  the tokenizer's vocabulary must fit the model's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import InvalidArgument
+
+
+class TextEncoder:
+    """Batch encoder returning one ``int64`` array per text (possibly empty)."""
+
+    def __init__(self, path: Path, *, vocab_size: int) -> None:
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > vocab_size:
+            raise ValueError(f"{path}: tokenizer has {size} ids but the model's embedding has "
+                             f"only {vocab_size}")
+        self.vocab_size = vocab_size
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of each text, in order. Runs in Rust (parallel for large batches)."""
+        if len(texts) == 1:
+            return [np.asarray(self._tokenizer.encode(texts[0], add_special_tokens=False).ids,
+                               dtype=np.int64)]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def encode_nonempty(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Like :meth:`encode`, but every text must yield at least one token."""
+        ids = self.encode(texts)
+        for index, row in enumerate(ids):
+            if row.size == 0:
+                what = "is empty" if not texts[index] else "has no tokens (only whitespace?)"
+                where = f"text {index}" if len(texts) > 1 else "the text"
+                raise InvalidArgument(f"{where} {what}; send at least one word")
+        return ids
+
+
+def check_ids(rows: Sequence[np.ndarray], vocab_size: int) -> list[np.ndarray]:
+    """Validate caller-supplied token ids (1-D, non-empty, in ``[0, vocab_size)``)."""
+    checked = []
+    for index, row in enumerate(rows):
+        array = np.asarray(row)
+        if array.ndim != 1 or array.size == 0:
+            raise InvalidArgument(f"row {index}: token ids must be a non-empty 1-D sequence")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InvalidArgument(f"row {index}: token ids must be integers, got {array.dtype}")
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= vocab_size:
+            raise InvalidArgument(f"row {index}: token ids must be in [0, {vocab_size}), "
+                                  f"got values in [{low}, {high}]")
+        checked.append(array.astype(np.int64, copy=False))
+    return checked

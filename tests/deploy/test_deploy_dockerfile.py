@@ -1,0 +1,108 @@
+"""The Dockerfile: hadolint-clean, and built only from the scripts CI runs.
+
+No Docker engine is available to CI, so these tests check what can be checked without
+building: lint, the stage layout, and that every install/start step is a script that
+test_deploy_scripts.py runs for real.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from deploy_helpers import ROOT, find_tool, settings_env_names
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for word, rest in _instructions():
+        if word == "FROM":
+            current = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+            stages[current] = []
+        elif current is not None:
+            stages[current].append((word, rest))
+    return stages
+
+
+def test_hadolint_clean():
+    done = subprocess.run([find_tool("hadolint"), str(DOCKERFILE)], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_targets_exist():
+    assert {"cpu", "gpu", "models", "cpu-bundled", "gpu-bundled"} <= set(_stages())
+    assert list(_stages())[-1] == "default"  # `docker build .` gives the cpu image
+
+
+def test_gpu_base_matches_onnxruntime_gpu_build():
+    """The CUDA major of the base image must be the one onnxruntime-gpu was built with."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", DOCKERFILE.read_text(), re.MULTILINE))
+    cuda = re.match(r"nvidia/cuda:(\d+)\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+$",
+                    args["CUDA_IMAGE"])
+    assert cuda, args["CUDA_IMAGE"]
+    info = pytest.importorskip("onnxruntime.capi.build_and_package_info")
+    if getattr(info, "package_name", "") != "onnxruntime-gpu":
+        pytest.skip("onnxruntime-gpu is not the installed runtime")
+    assert cuda.group(1) == info.cuda_version.split(".")[0]
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+
+
+@pytest.mark.parametrize("target", ["cpu", "gpu"])
+def test_serve_stage_shape(target):
+    stage = {w: r for w, r in _stages()[target] if w != "RUN"}
+    runs = [r for w, r in _stages()[target] if w == "RUN"]
+    user = stage["USER"].split(":")[0]
+    assert user.isdigit() and int(user) != 0, "non-root, numeric (runAsNonRoot can check it)"
+    assert stage["EXPOSE"].split() == ["8001", "8002"]
+    assert "rnnserve.server.healthprobe" in stage["HEALTHCHECK"]
+    assert stage["VOLUME"] == '["/models"]'
+    assert "RNNSERVE_REPOSITORY=/models" in stage["ENV"]
+    assert "start-server.sh" in stage["COPY"] and "rnnserve-start" in stage["ENTRYPOINT"]
+    # Nothing is installed in the final stage itself (no compilers, no pip): it only copies
+    # the venv built by the scripts in the build stage.
+    assert all("pip" not in r and "apt-get install" not in r for r in runs)
+
+
+def test_every_install_step_is_a_script():
+    scripts = []
+    for _, rest in (i for i in _instructions() if i[0] == "RUN"):
+        scripts += re.findall(r"/src/scripts/([\w-]+\.sh)", rest)
+        assert ("/src/scripts/" in rest or rest.startswith(("apt-get", "groupadd"))), rest
+    assert set(scripts) == {"install-serve.sh", "install-train.sh", "build-default-models.sh"}
+    for name in scripts + ["start-server.sh"]:
+        assert (ROOT / "scripts" / name).stat().st_mode & 0o111, f"{name} not executable"
+
+
+def test_env_names_are_real_settings():
+    names = settings_env_names()
+    for word, rest in _instructions():
+        if word == "ENV":
+            for key in re.findall(r"(RNNSERVE_\w+)=", rest):
+                assert key in names, f"Dockerfile sets unknown setting {key}"
+
+
+def test_dockerignore_keeps_what_copy_needs():
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().split()
+               if line.startswith("!")}
+    for word, rest in _instructions():
+        if word == "COPY" and "--from=" not in rest:
+            for source in rest.split()[:-1]:
+                top = source.split("/")[0]
+                assert top in allowed, f"COPY {source} is excluded by .dockerignore"

@@ -1,0 +1,121 @@
+"""Helpers of the KServe tests: offline reference, request builders, BYTES encoding."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as triton
+from tokenizers import Tokenizer
+from tritonclient.grpc import service_pb2
+
+LSTM = "tiny-lstm"
+GRU = "tiny-gru"
+TOLERANCE = 1e-5
+
+SENTENCES = [
+    "a great film with fine actors",
+    "the plot was boring and the ending awful",
+    "not very good but the music was fun",
+    "loved it",
+    "hated the story , really bad movie",
+    "the actors were fine and the film was really great fun",
+]
+
+
+class Offline:
+    """Reference logits: the exported ONNX graph run directly, one row, carried state."""
+
+    def __init__(self, repository: Path, name: str) -> None:
+        directory = Path(repository) / name / "1"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(directory / "model.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.states = [i for i in self.session.get_inputs() if i.name.startswith("state_")]
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def logits(self, text: str) -> np.ndarray:
+        return self.stream([text])[-1]
+
+    def stream(self, chunks: list[str]) -> list[np.ndarray]:
+        """Running logits after each chunk, state carried between chunks."""
+        state = {s.name: np.zeros((1, *s.shape[1:]), dtype=np.float32) for s in self.states}
+        result = []
+        for chunk in chunks:
+            ids = self.ids(chunk)
+            feeds = {"input_ids": np.asarray([ids], dtype=np.int64),
+                     "lengths": np.asarray([len(ids)], dtype=np.int64), **state}
+            names = ["logits"] + [f"{s.name}_out" for s in self.states]
+            outputs = self.session.run(names, feeds)
+            state = {s.name: out for s, out in zip(self.states, outputs[1:], strict=True)}
+            result.append(outputs[0][0])
+        return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def text_input(texts: list[str]) -> triton.InferInput:
+    tensor = triton.InferInput("TEXT", [len(texts), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[t] for t in texts], dtype=object))
+    return tensor
+
+
+def raw_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(i)) + i for i in items)
+
+
+def request(model: str, texts: list[str] | None = None, *, raw: bool = True,
+            shape: list[int] | None = None, datatype: str = "BYTES", name: str = "TEXT",
+            **parameters) -> service_pb2.ModelInferRequest:
+    """A hand-made ModelInferRequest (raw or typed contents); parameters by Python type."""
+    texts = SENTENCES[:2] if texts is None else texts
+    message = service_pb2.ModelInferRequest(model_name=model)
+    tensor = message.inputs.add(name=name, datatype=datatype)
+    tensor.shape.extend(shape if shape is not None else [len(texts), 1])
+    items = [t.encode() for t in texts]
+    if raw:
+        message.raw_input_contents.append(raw_bytes(items))
+    else:
+        tensor.contents.bytes_contents.extend(items)
+    for key, value in parameters.items():
+        set_parameter(message.parameters[key], value)
+    return message
+
+
+def set_parameter(parameter, value) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = value
+
+
+def fp32_output(response, name: str) -> np.ndarray:
+    index = [o.name for o in response.outputs].index(name)
+    shape = list(response.outputs[index].shape)
+    return np.frombuffer(response.raw_output_contents[index], dtype="<f4").reshape(shape)
+
+
+def bytes_output(response, name: str) -> list[bytes]:
+    index = [o.name for o in response.outputs].index(name)
+    data = response.raw_output_contents[index]
+    items, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        items.append(data[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return items

@@ -1,0 +1,80 @@
+"""Pure pieces of the KServe layer: BYTES codec, naming, served ModelConfig."""
+
+from __future__ import annotations
+
+import pytest
+from rnnserve.server.errors import InvalidArgument
+from rnnserve.server.kserve_models import ModelView, all_views, resolve_name, served_config
+from rnnserve.server.kserve_tensors import decode_bytes_elements, encode_bytes_elements
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+
+def test_bytes_codec_matches_tritonclient():
+    import numpy as np
+
+    items = [b"", b"a", "é ✨".encode(), b"x" * 300]
+    encoded = encode_bytes_elements(items)
+    assert encoded == serialize_byte_tensor(np.array(items, dtype=object)).item()
+    assert decode_bytes_elements(encoded, 4, what="t") == items
+    assert list(deserialize_bytes_tensor(encoded)) == items
+
+
+@pytest.mark.parametrize("data, expected, message", [
+    (b"\x01\x00\x00", 1, "truncated BYTES element length"),
+    (b"\x05\x00\x00\x00abc", 1, "more data than available"),
+    (encode_bytes_elements([b"a", b"b"]), 1, "elements more than 1"),
+    (encode_bytes_elements([b"a"]), 2, "elements 1 for t, expecting 2"),
+])
+def test_bytes_codec_rejects(data, expected, message):
+    with pytest.raises(InvalidArgument, match=message):
+        decode_bytes_elements(data, expected, what="t")
+
+
+def test_naming_convention_and_shadowing():
+    models = {"a", "b", "b-stream", "bidi"}
+    streaming = {"a", "b", "b-stream"}
+    assert resolve_name("a", models, streaming) == ModelView("a", "a", False)
+    assert resolve_name("a-stream", models, streaming) == ModelView("a-stream", "a", True)
+    # A real model named b-stream wins over b's stateful flavour.
+    assert resolve_name("b-stream", models, streaming) == ModelView("b-stream", "b-stream", False)
+    assert resolve_name("b-stream-stream", models, streaming).base == "b-stream"
+    assert resolve_name("bidi-stream", models, streaming) is None  # bidirectional: no stream
+    assert resolve_name("c", models, streaming) is None
+    assert [v.name for v in all_views(models, streaming)] == [
+        "a", "a-stream", "b", "b-stream", "b-stream-stream", "bidi"]
+
+
+def _repository_config():
+    config = model_config_pb2.ModelConfig(name="m", platform="onnxruntime_onnx",
+                                          max_batch_size=64)
+    config.input.add(name="input_ids", data_type=model_config_pb2.TYPE_INT64, dims=[-1])
+    sequence = config.sequence_batching
+    sequence.max_sequence_idle_microseconds = 60_000_000
+    sequence.oldest.preferred_batch_size.extend([8, 16, 32, 64])
+    sequence.oldest.max_queue_delay_microseconds = 500
+    sequence.state.add(input_name="state_h", output_name="state_h_out")
+    config.parameters["rnnserve.chunk_length"].string_value = "128"
+    return config
+
+
+def test_served_config_rewrites_io_and_scheduling():
+    source = _repository_config()
+    knobs = {"max_batch_size": 16, "max_queue_delay_us": 250, "sequence_idle_us": 5_000_000,
+             "chunk_length": 64}
+    stateless = served_config(ModelView("m", "m", False), source, 3, **knobs)
+    stateful = served_config(ModelView("m-stream", "m", True), source, 3, **knobs)
+    for config in (stateless, stateful):
+        assert config.max_batch_size == 16 and config.backend == "rnnserve"
+        assert [i.name for i in config.input] == ["TEXT"]
+        assert [list(o.dims) for o in config.output] == [[3], [3], [1]]
+        assert config.parameters["rnnserve.chunk_length"].string_value == "64"
+    assert stateless.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert list(stateless.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert stateless.dynamic_batching.max_queue_delay_microseconds == 250
+    assert stateful.name == "m-stream"
+    assert stateful.WhichOneof("scheduling_choice") == "sequence_batching"
+    assert not stateful.sequence_batching.state
+    assert stateful.sequence_batching.max_sequence_idle_microseconds == 5_000_000
+    assert list(stateful.sequence_batching.oldest.preferred_batch_size) == [8, 16]
+    assert source.input[0].name == "input_ids"  # the repository's config is untouched

