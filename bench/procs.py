@@ -1,8 +1,10 @@
 """Starting, pinning, probing and stopping the processes a benchmark run measures.
 
-Every server runs in its own session (process group) so that it, and any helper it spawns
-(Triton's backend stubs), can be stopped together; only groups started here are signalled.
-Pinning uses ``taskset -c`` (which execs, so the pid stays the server's own).
+Every server runs in its own process group (not its own session: the kernel's autogroup
+scheduling shares CPU between sessions, so a server in a new session would not get the run's
+priority) so that it, and any helper it spawns (Triton's backend stubs), can be stopped
+together; only groups started here are signalled. Pinning uses ``taskset -c`` (which execs,
+so the pid stays the server's own).
 """
 
 from __future__ import annotations
@@ -48,6 +50,20 @@ def pinned(argv: list[str], cpus: str | None) -> list[str]:
     if taskset is None:
         raise RuntimeError("taskset not found (util-linux); cannot pin")
     return [taskset, "-c", cpus, *argv]
+
+
+def raise_priority(nice: int) -> None:
+    """Run this process and everything it starts at ``nice``, also against other sessions.
+
+    With ``sched_autogroup_enabled`` the scheduler first shares a core between sessions
+    (autogroups) and applies nice values only inside one, so the session's autogroup nice is
+    set too (``/proc/self/autogroup``; lowering it needs root). Children inherit both.
+    """
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice), encoding="ascii")
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -115,7 +131,7 @@ class ServerProcess:
         log.write(f"$ {' '.join(argv)}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
+                                     process_group=0)
         log.close()
         deadline = time.monotonic() + timeout
         pending = list(ready_models)

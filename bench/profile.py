@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rnnserve.bench.procs import PLACEMENTS, ServerProcess, free_port, pinned
+from rnnserve.bench.procs import PLACEMENTS, ServerProcess, free_port, pinned, raise_priority
 from rnnserve.bench.procstat import thread_cpu_delta, thread_cpu_seconds
 
 DEFAULT_PYSPY = Path(__file__).resolve().parent.parent / ".cache" / "tools" / "pyspy" / "bin" / "py-spy"
@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", choices=tuple(PLACEMENTS), default="pinned")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch-size", type=int, default=None)
+    parser.add_argument("--env", action="append", default=[], metavar="RNNSERVE_X=VALUE",
+                        help="extra server environment (repeatable), e.g. "
+                             "RNNSERVE_MAX_QUEUE_DELAY_US=0")
+    parser.add_argument("--nice", type=int, default=None, help="run priority (see suite)")
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--pyspy", type=Path, default=DEFAULT_PYSPY)
     parser.add_argument("--out", type=Path, default=Path("bench-profile"))
@@ -116,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from rnnserve.bench.data import load_sentences
     from rnnserve.bench.suite import select_models, write_corpus
 
+    if args.nice is not None:
+        raise_priority(args.nice)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     placement = PLACEMENTS[args.placement]
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                RNNSERVE_INTRA_OP_THREADS=str(args.threads), RNNSERVE_LOG_LEVEL="WARNING")
     if args.max_batch_size:
         env["RNNSERVE_MAX_BATCH_SIZE"] = str(args.max_batch_size)
+    env.update(item.split("=", 1) for item in args.env)
     server = ServerProcess("rnnserve", [sys.executable, "-m", "rnnserve.cli", "serve"],
                            out / "server.log", port, env=env, cpus=placement.server_cpus)
     with server:

@@ -96,6 +96,15 @@ def load_texts(limit: int) -> list[str]:
     return texts[:limit]
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``"1"``, ``"0,2"``, ``"2-3"`` -> CPU numbers (taskset's list syntax)."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -296,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texts", type=int, default=872)
     parser.add_argument("--stream-chunks", type=int, default=1000)
     parser.add_argument("--sequences", type=int, default=1000)
-    parser.add_argument("--server-cpus", help="taskset CPU list for the server, e.g. 1")
+    parser.add_argument("--server-cpus", help="pin the server (and the raw ORT run) to these "
+                        "CPUs, e.g. 1; the client then runs on the other CPUs")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="extra server setting, e.g. --set max_queue_delay_us=200")
     parser.add_argument("--json", help="also write the results here")
@@ -310,8 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_texts(args.texts)
     print(f"repository {repository}  model {model}  texts {len(texts)}", flush=True)
 
-    results: dict = {"model": model, "repository": str(repository)}
+    results: dict = {"model": model, "repository": str(repository),
+                     "server_cpus": args.server_cpus, "load_average": os.getloadavg()}
+    everything = os.sched_getaffinity(0)
+    pinned = parse_cpus(args.server_cpus) if args.server_cpus else None
+    if pinned:          # raw ORT runs on the server's CPUs, the client on the others
+        os.sched_setaffinity(0, pinned)
     results["raw"] = raw = raw_ort(model_dir, texts, args.seconds / 2)
+    if pinned:
+        os.sched_setaffinity(0, (everything - pinned) or everything)
     extra = {f"RNNSERVE_{k.upper()}": v for k, v in (s.split("=", 1) for s in args.set)}
     process, port = start_server(repository, args.server_cpus, extra)
     address = f"127.0.0.1:{port}"
@@ -321,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             results["server"][concurrency] = await closed_loop(address, model, texts,
                                                                concurrency, args.seconds)
+        await asyncio.sleep(1.0)        # let the previous phase's connections wind down
         results["stream"] = await stream_positions(address, model, texts, args.stream_chunks)
         results["sequences"] = await hold_sequences(address, model, args.sequences,
                                                     process.pid)
@@ -338,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         meta.state_shape, len(meta.state_names), 10_000)
 
     best = raw["best_texts_per_s"]
-    print(f"\nraw ORT: best {best:,.0f} texts/s at batch {raw['best_batch']}; batch-1 p50 "
+    print(f"\nload average {results['load_average'][0]:.1f}; server CPUs "
+          f"{args.server_cpus or 'all'}")
+    print(f"raw ORT: best {best:,.0f} texts/s at batch {raw['best_batch']}; batch-1 p50 "
           f"{raw['batch1_latency_ms']['p50']:.3f} ms  "
           f"({', '.join(f'b{b}: {v:,.0f}' for b, v in raw['texts_per_s'].items())})")
     print(f"{'concurrency':>11} {'texts/s':>10} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8}")

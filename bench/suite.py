@@ -30,7 +30,14 @@ from pathlib import Path
 from rnnserve.bench import peer_servers as peers_runtime
 from rnnserve.bench.data import load_sentences
 from rnnserve.bench.machine import machine_info
-from rnnserve.bench.procs import PLACEMENTS, Placement, ServerProcess, free_port, run_module_json
+from rnnserve.bench.procs import (
+    PLACEMENTS,
+    Placement,
+    ServerProcess,
+    free_port,
+    raise_priority,
+    run_module_json,
+)
 
 from rnnserve import repository as repo_contract
 
@@ -418,7 +425,7 @@ def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict
     from rnnserve.bench.report import write_report
 
     if options.nice is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, options.nice)  # inherited by every child
+        raise_priority(options.nice)  # inherited by every measured process
     results = Suite(options, log).run()
     paths = write_report(results, Path(options.out), docs_img=options.docs_img)
     results["paths"] = {k: str(v) for k, v in paths.items()}

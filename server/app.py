@@ -62,6 +62,7 @@ class RnnServer:
         self.server: aio.Server | None = None
         self.health = HealthServicer()
         self.text = SentimentServicer(self.registry, settings)
+        self.kserve = None
         self.port = 0
         self.metrics = None
         self.metrics_port: int | None = None
@@ -95,7 +96,7 @@ class RnnServer:
         self.server = aio.server(options=options,
                                  interceptors=security.server_interceptors(settings))
         add_to_server(self.text, self.server)
-        kserve.register(self.server, self.registry, settings)
+        self.kserve = kserve.register(self.server, self.registry, settings)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [TEXT_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -105,10 +106,13 @@ class RnnServer:
 
         address = f"{settings.host}:{settings.port}"
         credentials = security.server_credentials(settings)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as exc:            # grpc reports a failed bind this way
+            raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await self.server.start()
@@ -161,6 +165,9 @@ class RnnServer:
             stopping = asyncio.ensure_future(self.server.stop(grace))
             await asyncio.sleep(0)     # no new RPCs from here on
         self.text.begin_drain()
+        kserve_drain = getattr(self.kserve, "begin_drain", None)   # same contract, if offered
+        if kserve_drain is not None:
+            kserve_drain()
         if stopping is not None:
             await stopping
         remaining = max(0.0, grace - (time.perf_counter() - started))

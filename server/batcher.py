@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +108,7 @@ class Scheduler:
         self._last_batch = 1
         self._closing = False
         self._tasks: list[asyncio.Task] = []
-        self._threads: list[ThreadPoolExecutor] = []
+        self._threads: list[_ComputeThread] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -140,8 +141,7 @@ class Scheduler:
 
     def start(self) -> None:
         for index, executor in enumerate(self.executors):
-            thread = ThreadPoolExecutor(max_workers=1,
-                                        thread_name_prefix=f"rnnserve-{self.name}-{index}")
+            thread = _ComputeThread(executor, f"rnnserve-{self.name}-{index}")
             self._threads.append(thread)
             self._tasks.append(asyncio.get_running_loop().create_task(
                 self._work(executor, thread), name=f"rnnserve-worker-{self.name}-{index}"))
@@ -166,17 +166,16 @@ class Scheduler:
             row.owner.fail(row, error)
             self.release()
         for thread in self._threads:
-            thread.shutdown(wait=True)
+            thread.stop()
 
-    async def _work(self, executor: BatchExecutor, thread: ThreadPoolExecutor) -> None:
-        loop = asyncio.get_running_loop()
+    async def _work(self, executor: BatchExecutor, thread: _ComputeThread) -> None:
         while True:
             rows = await self._next_batch()
             if rows is None:
                 return
             dispatched = time.perf_counter()
             try:
-                result = await loop.run_in_executor(thread, executor.execute, rows)
+                result = await thread.execute(rows)
             except Exception as exc:  # noqa: BLE001 - any ORT failure: fail the batch, keep serving
                 log_event(log, "batch_failed", level=logging.ERROR, model=self.name,
                           rows=len(rows), error=f"{type(exc).__name__}: {exc}"[:500])
@@ -258,13 +257,18 @@ class Scheduler:
     def _finish(self, rows: Sequence[Row], result: BatchResult, dispatched: float) -> None:
         now = time.perf_counter()
         unfinished = []
-        tokenize = 0.0
+        tokenize = result.tokenize_seconds
         queue_seconds = []
         logits, probabilities, top = result.logits, result.probabilities, result.top
+        errors = result.errors
         for i, row in enumerate(rows):
             queue_seconds.append(dispatched - row.enqueued)
             tokenize += row.tokenize_seconds
             row.tokenize_seconds = 0.0
+            if errors is not None and i in errors:
+                row.owner.fail(row, errors[i])
+                self.release()
+                continue
             if row.offset < row.ids.size:
                 unfinished.append(row)
                 continue
@@ -290,6 +294,48 @@ class Scheduler:
             telemetry.set_pending(self.admitted)
 
 
+class _ComputeThread:
+    """One OS thread that runs one executor's batches; the loop awaits a future per batch.
+
+    Lighter than ``run_in_executor``: one queue put to hand a batch over, one
+    ``call_soon_threadsafe`` to hand the result back.
+    """
+
+    def __init__(self, executor: BatchExecutor, name: str) -> None:
+        self.executor = executor
+        self._loop = asyncio.get_running_loop()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def execute(self, rows: list[Row]) -> asyncio.Future:
+        future = self._loop.create_future()
+        self._inbox.put((rows, future))
+        return future
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def _serve(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            rows, future = item
+            try:
+                result, error = self.executor.execute(rows), None
+            except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting worker
+                result, error = None, exc
+            self._loop.call_soon_threadsafe(_deliver, future, result, error)
+
+
+def _deliver(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class ChunkOwner:
     """Owner of one sequence chunk's row; hands the outcome to ``on_done``."""
 
@@ -308,15 +354,22 @@ class ChunkOwner:
 
 
 class _Chunk:
-    __slots__ = ("end", "future", "ids", "reset", "tokenize_seconds")
+    """One accepted chunk: ``text`` (tokenized by the worker) or ``ids``; both None for an
+    empty final chunk."""
 
-    def __init__(self, ids: np.ndarray, future: asyncio.Future, *, end: bool, reset: bool,
-                 tokenize_seconds: float) -> None:
+    __slots__ = ("end", "future", "ids", "reset", "text")
+
+    def __init__(self, future: asyncio.Future, *, text: str | None, ids: np.ndarray | None,
+                 end: bool, reset: bool) -> None:
+        self.text = text
         self.ids = ids
         self.future = future
         self.end = end
         self.reset = reset
-        self.tokenize_seconds = tokenize_seconds
+
+    @property
+    def empty(self) -> bool:
+        return self.text is None and (self.ids is None or self.ids.size == 0)
 
 
 class SequenceBatcher:
@@ -336,16 +389,16 @@ class SequenceBatcher:
         self.labels = labels
         self.max_pending = max_pending
 
-    def submit(self, state, ids: np.ndarray, future: asyncio.Future, *, end: bool,
-               reset: bool, tokenize_seconds: float = 0.0) -> None:
-        """Accept one chunk (possibly empty when ``end``) or raise without side effects."""
+    def submit(self, state, future: asyncio.Future, *, text: str | None = None,
+               ids: np.ndarray | None = None, end: bool, reset: bool) -> None:
+        """Accept one chunk (``text``, or ``ids``, or neither for an empty final chunk) or
+        raise without side effects."""
         if len(state.pending) >= self.max_pending:
             raise ResourceExhausted(
                 f"sequence {state.key!r} already has {len(state.pending)} chunks waiting "
                 f"(limit {self.max_pending}); wait for responses before sending more")
         self.scheduler.admit(1)
-        state.pending.append(_Chunk(ids, future, end=end, reset=reset,
-                                    tokenize_seconds=tokenize_seconds))
+        state.pending.append(_Chunk(future, text=text, ids=ids, end=end, reset=reset))
         self.store.touch(state)
         if not state.busy:
             self._dispatch(state)
@@ -366,7 +419,7 @@ class SequenceBatcher:
                 state.tokens = state.chunks = 0
                 state.last = None
                 self.store.restart(state)
-            if chunk.ids.size == 0:          # an empty final chunk: answer from the state
+            if chunk.empty:                  # an empty final chunk: answer from the state
                 self.scheduler.release()
                 if state.last is None:
                     _set_exception(chunk.future, _empty_first_chunk(state.key))
@@ -379,8 +432,7 @@ class SequenceBatcher:
                 continue
             owner = ChunkOwner(lambda row, outcome, error, chunk=chunk:
                                self._done(state, chunk, row, outcome, error))
-            row = Row(chunk.ids, owner, slot=state.slot, fresh=state.fresh,
-                      tokenize_seconds=chunk.tokenize_seconds)
+            row = Row(chunk.ids, owner, text=chunk.text, slot=state.slot, fresh=state.fresh)
             state.fresh = False
             state.busy = True
             self.scheduler.submit(row)

@@ -4,8 +4,9 @@ Text API and KServe traffic both come through here, so they are batched together
 scheduler per model version) and counted once (one ModelTelemetry).
 
 Invariants:
-- Nothing reaches the scheduler unvalidated: texts are non-empty after tokenization, their
-  count is within ``max_texts_per_request``, token ids are in the vocabulary.
+- Nothing reaches the scheduler unvalidated: texts are non-blank (the worker, which
+  tokenizes each batch's texts together, refuses one that still yields no token), their
+  count is within ``max_texts_per_request``, caller-supplied token ids are in the vocabulary.
 - Validation failures leave no side effects (no admitted rows, no opened sequence).
 - ``classify`` returns Predictions in request order; ``submit_step`` answers a sequence's
   chunks in submission order (futures resolve in that order).
@@ -43,7 +44,7 @@ from .logs import log_event
 from .runtime import CostModel, OnnxModel
 from .sequences import SequenceStore
 from .settings import ServerSettings
-from .tokenize import TextEncoder, check_ids
+from .tokenize import TextEncoder, check_ids, check_texts
 
 __all__ = ["EngineOptions", "ModelEngine", "Prediction"]
 
@@ -52,8 +53,6 @@ log = logging.getLogger("rnnserve.server.engine")
 DEFAULT_QUEUE_DELAY_US = 500
 DEFAULT_CHUNK_LENGTH = 256
 DEFAULT_IDLE_SECONDS = 60.0
-#: Texts whose total size exceeds this are tokenized off the event loop.
-INLINE_TOKENIZE_CHARS = 16_384
 
 _stream_ids = itertools.count(1)
 
@@ -216,7 +215,7 @@ class ModelEngine:
         executors = [BatchExecutor(model, max_batch_size=options.max_batch_size,
                                    chunk_length=options.chunk_length,
                                    pad_id=self.metadata.pad_id, pool=self.store.pool,
-                                   cost_model=self.cost_model)
+                                   cost_model=self.cost_model, encoder=self.encoder)
                      for model in self.models]
         self.scheduler = Scheduler(executors, max_batch_size=options.max_batch_size,
                                    max_queue_delay_s=options.max_queue_delay_s,
@@ -262,13 +261,15 @@ class ModelEngine:
         code = grpc.StatusCode.OK
         try:
             self._check_count(len(texts))
-            tokenize_started = time.perf_counter()
-            if sum(map(len, texts)) > INLINE_TOKENIZE_CHARS:
-                ids = await asyncio.to_thread(self.encoder.encode_nonempty, texts)
-            else:
-                ids = self.encoder.encode_nonempty(texts)
-            tokenize = (time.perf_counter() - tokenize_started) / len(texts)
-            return await self._run_rows(ids, tokenize)
+            check_texts(texts)
+            scheduler = self.scheduler
+            future = asyncio.get_running_loop().create_future()
+            request = BatchRequest(future, len(texts), self.labels)
+            scheduler.admit(len(texts))
+            many = len(texts) > 1
+            for index, text in enumerate(texts):      # tokenized by the worker, batched
+                scheduler.submit(Row(None, request, index, text=text, many=many))
+            return await future
         except BaseException as exc:
             code = status_of(exc)
             raise
@@ -282,7 +283,14 @@ class ModelEngine:
         code = grpc.StatusCode.OK
         try:
             self._check_count(len(rows))
-            return await self._run_rows(check_ids(rows, self.metadata.vocab_size), 0.0)
+            ids = check_ids(rows, self.metadata.vocab_size)
+            scheduler = self.scheduler
+            future = asyncio.get_running_loop().create_future()
+            request = BatchRequest(future, len(ids), self.labels)
+            scheduler.admit(len(ids))
+            for index, row_ids in enumerate(ids):
+                scheduler.submit(Row(row_ids, request, index, many=len(ids) > 1))
+            return await future
         except BaseException as exc:
             code = status_of(exc)
             raise
@@ -297,15 +305,6 @@ class ModelEngine:
             raise InvalidArgument(f"{n} texts in one request; at most "
                                   f"{self.options.max_texts_per_request} are allowed, split "
                                   "the request")
-
-    async def _run_rows(self, ids: list[np.ndarray], tokenize: float) -> list[Prediction]:
-        scheduler = self.scheduler
-        future = asyncio.get_running_loop().create_future()
-        request = BatchRequest(future, len(ids), self.labels)
-        scheduler.admit(len(ids))
-        for index, row_ids in enumerate(ids):
-            scheduler.submit(Row(row_ids, request, index, tokenize_seconds=tokenize))
-        return await future
 
     # -- sequences ----------------------------------------------------------------------
 
@@ -331,14 +330,12 @@ class ModelEngine:
             raise FailedPrecondition(
                 f"model {self.key} is bidirectional: it reads every text backwards as well, "
                 "so it cannot run on a stream of chunks; use Classify with the whole text")
-        tokenize_started = time.perf_counter()
-        if ids is None:
-            tokens = self.encoder.encode([text or ""])[0]
-        else:
-            tokens = check_ids([ids], self.metadata.vocab_size)[0] if len(ids) else \
-                np.empty(0, dtype=np.int64)
-        tokenize = time.perf_counter() - tokenize_started
-        if tokens.size == 0 and (start or not end):
+        if ids is not None:
+            ids = check_ids([ids], self.metadata.vocab_size)[0] if len(ids) else None
+            text = None
+        elif not text or text.isspace():
+            text = None
+        if text is None and ids is None and (start or not end):
             what = "the first chunk" if start else "a chunk without end"
             raise InvalidArgument(f"{what} has no tokens (empty or only whitespace); send "
                                   "text, or set end to finish the sequence")
@@ -355,8 +352,7 @@ class ModelEngine:
             state = store.get(sequence_id)
         future = asyncio.get_running_loop().create_future()
         try:
-            self.sequences.submit(state, tokens, future, end=end, reset=reset,
-                                  tokenize_seconds=tokenize)
+            self.sequences.submit(state, future, text=text, ids=ids, end=end, reset=reset)
         except BaseException:
             if opened is not None:
                 store.close(opened, "ended")

@@ -15,33 +15,45 @@ Invariants:
 - Input buffers are preallocated per executor (``max_batch_size x chunk_length`` ids and
   ``max_batch_size`` state rows); a batch uses C-contiguous prefixes of them, so the hot
   path allocates only ORT's outputs.
-- Every row has 1 <= step <= T and ids in the model's vocabulary (checked upstream), so
-  nothing malformed reaches ORT.
+- Every row that reaches ORT has 1 <= step <= T and ids in the model's vocabulary (texts
+  are tokenized with the model's own tokenizer, caller-supplied ids are checked upstream,
+  a text without tokens is reported instead of run), so nothing malformed reaches ORT.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ServingError
 from .runtime import CostModel, OnnxModel
+from .tokenize import TextEncoder, no_tokens
 
 
 class Row:
-    """One text (stateless) or one chunk of a sequence, possibly spanning several steps."""
+    """One text (stateless) or one chunk of a sequence, possibly spanning several steps.
 
-    __slots__ = ("enqueued", "fresh", "ids", "index", "offset", "owner", "slot", "state",
-                 "tokenize_seconds")
+    A row arrives either tokenized (``ids``) or as ``text``, which the worker tokenizes
+    with the rest of its batch (one Rust call for the batch, off the event loop); until
+    then ``remaining`` is an estimate from the text's length.
+    """
 
-    def __init__(self, ids: np.ndarray, owner, index: int = 0, *, slot: int = -1,
-                 fresh: bool = True, tokenize_seconds: float = 0.0) -> None:
-        self.ids = ids                  # int64 [n], n >= 1
+    __slots__ = ("enqueued", "fresh", "ids", "index", "many", "offset", "owner", "slot",
+                 "state", "text", "tokenize_seconds")
+
+    def __init__(self, ids: np.ndarray | None, owner, index: int = 0, *, text: str | None = None,
+                 slot: int = -1, fresh: bool = True, many: bool = False,
+                 tokenize_seconds: float = 0.0) -> None:
+        self.ids = ids                  # int64 [n], n >= 1; None until ``text`` is tokenized
+        self.text = text
         self.offset = 0                 # tokens already processed
         self.owner = owner              # gets complete()/fail() (server/batcher.py)
         self.index = index              # position in the owner's request
+        self.many = many                # the owner's request has several texts
         self.slot = slot                # sequence pool slot, or -1 for stateless rows
         self.fresh = fresh              # next step starts from zero state
         self.state: tuple[np.ndarray, ...] | None = None   # carried state (stateless only)
@@ -50,7 +62,13 @@ class Row:
 
     @property
     def remaining(self) -> int:
+        if self.ids is None:
+            return max(1, len(self.text) // CHARS_PER_TOKEN)
         return self.ids.size - self.offset
+
+
+#: Length estimate of a not-yet-tokenized text (word-level English: ~5 characters a token).
+CHARS_PER_TOKEN = 5
 
 
 @dataclass(slots=True)
@@ -63,9 +81,22 @@ class BatchResult:
     input_seconds: float
     infer_seconds: float
     output_seconds: float
+    tokenize_seconds: float = 0.0
+    #: Row index -> error for rows that could not run (a text without tokens).
+    errors: dict[int, ServingError] | None = None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of float32 [B, labels] (new array). Tiny batches skip numpy's
+    per-call overhead, which would otherwise dominate a batch of one."""
+    if logits.size <= 16:
+        rows = []
+        for row in logits.tolist():
+            top = max(row)
+            exps = [math.exp(value - top) for value in row]
+            total = sum(exps)
+            rows.append([value / total for value in exps])
+        return np.array(rows, dtype=np.float32)
     shifted = logits - logits.max(axis=1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
@@ -122,8 +153,10 @@ class BatchExecutor:
 
     def __init__(self, model: OnnxModel, *, max_batch_size: int, chunk_length: int,
                  pad_id: int, pool: Sequence[np.ndarray],
-                 cost_model: CostModel | None = None) -> None:
+                 cost_model: CostModel | None = None,
+                 encoder: TextEncoder | None = None) -> None:
         self.model = model
+        self.encoder = encoder
         self.max_batch_size = max_batch_size
         self.chunk_length = chunk_length
         self.pad_id = pad_id
@@ -135,24 +168,52 @@ class BatchExecutor:
         self._states = tuple(np.empty(shape, dtype=np.float32) for _ in model.state_names)
 
     def execute(self, rows: Sequence[Row]) -> BatchResult:
-        """One step of every row (1 <= len(rows) <= max_batch_size), in one or more calls."""
+        """One step of every row (1 <= len(rows) <= max_batch_size), in one or more calls.
+
+        Rows still holding text are tokenized first, together; one that yields no token is
+        reported in ``errors`` and does not run.
+        """
+        tokenize, errors = self._tokenize(rows)
         chunk = self.chunk_length
-        steps = [min(row.ids.size - row.offset, chunk) for row in rows]
-        groups = split_by_length(steps, self.cost_model)
-        if len(groups) == 1:
-            return self._run(rows, steps)
-        logits = np.empty((len(rows), self.model.num_labels), dtype=np.float32)
+        live = list(range(len(rows))) if errors is None else \
+            [i for i in range(len(rows)) if i not in errors]
+        steps = [min(rows[i].ids.size - rows[i].offset, chunk) for i in live]
+        groups = [[live[k] for k in group] for group in split_by_length(steps, self.cost_model)]
+        if len(groups) == 1 and errors is None:
+            result = self._run(rows, steps)
+            result.tokenize_seconds = tokenize
+            return result
+        logits = np.zeros((len(rows), self.model.num_labels), dtype=np.float32)
         padded = 0
         timings = [0.0, 0.0, 0.0]
+        by_row = dict(zip(live, steps, strict=True))
         for group in groups:
-            part = self._run([rows[i] for i in group], [steps[i] for i in group])
+            if not group:
+                continue
+            part = self._run([rows[i] for i in group], [by_row[i] for i in group])
             logits[group] = part.logits
             padded += part.padded_tokens
             timings[0] += part.input_seconds
             timings[1] += part.infer_seconds
             timings[2] += part.output_seconds
-        return BatchResult(logits, softmax(logits.copy()), logits.argmax(axis=1), sum(steps),
-                           padded, *timings)
+        return BatchResult(logits, softmax(logits), logits.argmax(axis=1), sum(steps),
+                           padded, *timings, tokenize_seconds=tokenize, errors=errors)
+
+    def _tokenize(self, rows: Sequence[Row]) -> tuple[float, dict[int, ServingError] | None]:
+        pending = [i for i, row in enumerate(rows) if row.ids is None]
+        if not pending:
+            return 0.0, None
+        started = time.perf_counter()
+        encoded = self.encoder.encode([rows[i].text for i in pending])
+        errors = None
+        for i, ids in zip(pending, encoded, strict=True):
+            row = rows[i]
+            row.ids = ids
+            row.text = None
+            if ids.size == 0:
+                errors = errors or {}
+                errors[i] = no_tokens(row.index, row.many)
+        return time.perf_counter() - started, errors
 
     def _run(self, rows: Sequence[Row], steps: Sequence[int]) -> BatchResult:
         """One ORT call for one step of ``rows``."""
@@ -177,7 +238,7 @@ class BatchExecutor:
         logits, out_states = self.model.run(ids, lengths, states, want_state=want_state)
         inferred = time.perf_counter()
 
-        probabilities = softmax(logits.copy())
+        probabilities = softmax(logits)
         top = logits.argmax(axis=1)
         if want_state:
             self._scatter(rows, steps, out_states)

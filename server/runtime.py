@@ -201,6 +201,9 @@ class OnnxModel:
         self.num_labels = metadata.num_labels
         self.max_batch_size = max_batch_size
         _check_signature(self.session, metadata, path)
+        # Read-only zero state, [max_batch_size, L*D, H]; a batch of B uses its first B rows.
+        self._zeros = np.zeros((max_batch_size, *self.state_shape), dtype=np.float32)
+        self._zeros.flags.writeable = False
         self._logits_only = ["logits"]
         self._all_outputs = ["logits", *self.state_out_names]
         self._device = None
@@ -223,7 +226,8 @@ class OnnxModel:
         batch = ids.shape[0]
         feeds = {"input_ids": ids, "lengths": lengths}
         if states is None:
-            zero = np.zeros((batch, *self.state_shape), dtype=np.float32)
+            zero = self._zeros[:batch] if batch <= self.max_batch_size else \
+                np.zeros((batch, *self.state_shape), dtype=np.float32)
             for name in self.state_names:
                 feeds[name] = zero
         else:

@@ -21,7 +21,7 @@ import grpc
 from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
-from .batcher import Prediction
+from .encode import ResponseEncoder
 from .errors import FailedPrecondition, Internal, InvalidArgument, ServingError, Unavailable
 from .registry import ModelRegistry
 from .settings import ServerSettings
@@ -34,13 +34,12 @@ SERVICE = "rnnserve.v1.Sentiment"
 _EOF = object()
 
 
-def _prediction(message: pb.Prediction, prediction: Prediction) -> pb.Prediction:
-    message.label = prediction.label
-    message.label_index = prediction.label_index
-    message.probabilities.extend(prediction.probabilities.tolist())
-    message.logits.extend(prediction.logits.tolist())
-    message.tokens = prediction.tokens
-    return message
+#: Methods whose handlers return responses already encoded (server/encode.py).
+_PRE_ENCODED = frozenset({"Classify", "StreamClassify"})
+
+
+def _passthrough(data: bytes) -> bytes:
+    return data
 
 
 class SentimentServicer:
@@ -51,6 +50,7 @@ class SentimentServicer:
         self.settings = settings
         self._readers: set[asyncio.Task] = set()
         self._draining = False
+        self._encoders: dict[str, ResponseEncoder] = {}
 
     def begin_drain(self) -> None:
         """Stop reading new chunks on open streams; they flush their answers and end with
@@ -61,19 +61,21 @@ class SentimentServicer:
 
     # -- unary --------------------------------------------------------------------------
 
-    async def Classify(self, request, context: aio.ServicerContext) -> pb.ClassifyResponse:
+    async def Classify(self, request, context: aio.ServicerContext) -> bytes:
         try:
             engine = self.registry.get(decode(request.model, "model"),
                                        decode(request.version, "version"))
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
         except ServingError as error:
             await context.abort(error.code, error.message)
-        response = pb.ClassifyResponse(model=engine.name, version=engine.version,
-                                       labels=engine.labels)
-        add = response.predictions.add
-        for prediction in predictions:
-            _prediction(add(), prediction)
-        return response
+        return self._encoder(engine).classify(predictions)
+
+    def _encoder(self, engine) -> ResponseEncoder:
+        encoder = self._encoders.get(engine.key)
+        if encoder is None:
+            encoder = self._encoders[engine.key] = ResponseEncoder(engine.name, engine.version,
+                                                                   engine.labels)
+        return encoder
 
     async def ListModels(self, request, context) -> pb.ListModelsResponse:
         response = pb.ListModelsResponse(default_model=self.registry.default_model)
@@ -104,6 +106,8 @@ class SentimentServicer:
             reader.cancel()
         chunk_index = 0
         total_tokens = 0
+        encoder = None
+        sequence_id = ""
         why = "cancelled"
         try:
             while True:
@@ -121,18 +125,14 @@ class SentimentServicer:
                 window.release()
                 if reset:
                     chunk_index = total_tokens = 0
+                if encoder is None:
+                    encoder = self._encoder(stream.engine)
+                    sequence_id = str(stream.key)
                 chunk_index += 1
                 total_tokens += prediction.tokens
-                response = pb.StreamClassifyResponse(chunk_index=chunk_index,
-                                                     total_tokens=total_tokens,
-                                                     sequence_id=str(stream.key), end=end)
-                _prediction(response.prediction, prediction)
-                if first or reset:
-                    engine = stream.engine
-                    response.model = engine.name
-                    response.version = engine.version
-                    response.labels.extend(engine.labels)
-                yield response
+                yield encoder.stream(prediction, chunk_index=chunk_index,
+                                     total_tokens=total_tokens, sequence_id=sequence_id,
+                                     end=end, header=first or reset)
         finally:
             reader.cancel()
             self._readers.discard(reader)
@@ -203,7 +203,8 @@ def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:
     handlers = {}
     for method in service.methods:
         parse = request_class(method.input_type.name).FromString
-        serialize = getattr(pb, method.output_type.name).SerializeToString
+        serialize = _passthrough if method.name in _PRE_ENCODED else \
+            getattr(pb, method.output_type.name).SerializeToString
         behaviour = getattr(servicer, method.name)
         if method.client_streaming and method.server_streaming:
             factory = grpc.stream_stream_rpc_method_handler

@@ -5,9 +5,11 @@ Invariants
 * Every measurement says which engine produced it: ``onnxruntime`` (the exported
   ``model.onnx``, what the server runs) or ``torch-eager`` (the checkpoint's module, used only
   when no exported model is available). Reports print that label next to the number.
-* Inputs are encoded with the checkpoint's own ``tokenizer.json`` exactly as the server does
-  and the trainer do (``rnnserve.train.batching``: no special tokens, cut at ``max_length``,
-  an empty encoding becomes one ``[UNK]``), padded at the end; every row has length >= 1.
+* Inputs are encoded with the checkpoint's own ``tokenizer.json`` exactly as the trainer
+  encodes them (``rnnserve.train.batching``: no special tokens, cut at ``max_length``, an
+  empty encoding becomes one ``[UNK]``), padded at the end; every row has length >= 1.
+  The server loads the same tokenizer file; it chunks texts longer than its chunk length
+  instead of cutting them, which makes no difference for texts within ``max_length``.
 * Both cells are always measured under the same conditions (same texts, same batches, same
   thread count, interleaved rounds), so a comparison between them is fair even on a shared,
   noisy machine; absolute numbers are only as good as the machine's load allowed.

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import tritonclient.grpc as triton
-from tokenizers import Tokenizer
+from offline import GRU, LSTM, Offline, softmax  # noqa: F401 (re-exported to the tests)
 from tritonclient.grpc import service_pb2
 
-LSTM = "tiny-lstm"
-GRU = "tiny-gru"
 TOLERANCE = 1e-5
 
 SENTENCES = [
@@ -23,46 +19,6 @@ SENTENCES = [
     "hated the story , really bad movie",
     "the actors were fine and the film was really great fun",
 ]
-
-
-class Offline:
-    """Reference logits: the exported ONNX graph run directly, one row, carried state."""
-
-    def __init__(self, repository: Path, name: str) -> None:
-        directory = Path(repository) / name / "1"
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(directory / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.states = [i for i in self.session.get_inputs() if i.name.startswith("state_")]
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def logits(self, text: str) -> np.ndarray:
-        return self.stream([text])[-1]
-
-    def stream(self, chunks: list[str]) -> list[np.ndarray]:
-        """Running logits after each chunk, state carried between chunks."""
-        state = {s.name: np.zeros((1, *s.shape[1:]), dtype=np.float32) for s in self.states}
-        result = []
-        for chunk in chunks:
-            ids = self.ids(chunk)
-            feeds = {"input_ids": np.asarray([ids], dtype=np.int64),
-                     "lengths": np.asarray([len(ids)], dtype=np.int64), **state}
-            names = ["logits"] + [f"{s.name}_out" for s in self.states]
-            outputs = self.session.run(names, feeds)
-            state = {s.name: out for s, out in zip(self.states, outputs[1:], strict=True)}
-            result.append(outputs[0][0])
-        return result
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def text_input(texts: list[str]) -> triton.InferInput:

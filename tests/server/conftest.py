@@ -6,51 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import numpy as np
-import onnxruntime as ort
 import pytest
+from offline import GRU, LSTM, Offline, random_text  # noqa: F401 (re-exported to tests)
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server
-from tokenizers import Tokenizer
-
-LSTM = "tiny-lstm"
-GRU = "tiny-gru"
-
-WORDS = ["good", "great", "fine", "awful", "bad", "boring", "fun", "movie", "film", "plot",
-         "actors", "the", "a", "and", "but", "not", "very", "really", "loved", "hated",
-         "story", "ending", "music"]
-
-
-class Offline:
-    """Reference logits: the exported ONNX model run directly, one text at a time."""
-
-    def __init__(self, repository: Path, name: str) -> None:
-        directory = Path(repository) / name / "1"
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(directory / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self.states = [i for i in self.session.get_inputs() if i.name.startswith("state_")]
-
-    def ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    def logits_of_ids(self, ids: list[int]) -> np.ndarray:
-        feeds = {"input_ids": np.asarray([ids], dtype=np.int64),
-                 "lengths": np.asarray([len(ids)], dtype=np.int64)}
-        for state in self.states:
-            feeds[state.name] = np.zeros((1, *state.shape[1:]), dtype=np.float32)
-        return self.session.run(["logits"], feeds)[0][0]
-
-    def logits(self, text: str) -> np.ndarray:
-        return self.logits_of_ids(self.ids(text))
-
-
-def random_text(rng: np.random.Generator, low: int, high: int) -> str:
-    return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high + 1))))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import GRU, LSTM, random_text
+from offline import GRU, LSTM, random_text
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server

@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from conftest import LSTM
+from offline import LSTM
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from rnnserve.server.wire import request_class
@@ -124,3 +124,23 @@ def test_ort_failure_is_internal_and_server_stays_up(tiny_repository):
             pb.StreamClassifyRequest(text="good", model=LSTM)]))
         assert code == grpc.StatusCode.INTERNAL
         assert len(server.registry.get(LSTM).store) == 0
+
+
+def test_text_without_tokens_found_by_the_worker(tiny_repository):
+    """A text that passes the loop-side check but yields no token (tokenized in the worker)
+    fails its request with INVALID_ARGUMENT; the rest of the batch runs normally."""
+    with start_server(tiny_repository) as server:
+        executor = server.registry.get(LSTM).scheduler.executors[0]
+        real = executor.encoder
+
+        class DropsMarker:
+            def encode(self, texts):
+                return [ids[:0] if text == "\u2063" else ids
+                        for text, ids in zip(texts, real.encode(texts), strict=True)]
+
+        executor.encoder = DropsMarker()
+        stub = sentiment_pb2_grpc.SentimentStub(server.channel())
+        code, details = _status(stub.Classify,
+                                pb.ClassifyRequest(texts=["good", "\u2063"], model=LSTM))
+        assert code == INVALID and "text 1 has no tokens" in details
+        assert stub.Classify(pb.ClassifyRequest(texts=["good"], model=LSTM)).predictions

@@ -8,11 +8,11 @@ import time
 
 import grpc
 import pytest
-from conftest import GRU, LSTM
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from offline import GRU, LSTM
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from rnnserve.server.engine import ModelEngine

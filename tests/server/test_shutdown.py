@@ -8,7 +8,7 @@ import threading
 import time
 
 import grpc
-from conftest import GRU, LSTM
+from offline import GRU, LSTM
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server

@@ -9,7 +9,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import GRU, LSTM, random_text
+from offline import GRU, LSTM, random_text
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from rnnserve.server.engine import StreamKey

@@ -189,3 +189,19 @@ def test_device_cuda_without_cuda_fails_clearly():
     assert "running on CPU" in choice.reason
     with pytest.raises(RuntimeUnavailable, match="--device cuda"):
         select_provider("cuda")
+
+
+def test_split_by_length_partitions_rows():
+    from rnnserve.server.execution import split_by_length
+    from rnnserve.server.runtime import CostModel
+
+    steps = [3, 40, 4, 38, 5, 41, 3, 39]
+    model = CostModel(call=1e-5, step=1e-6, row_step=1e-5)
+    groups = split_by_length(steps, model)
+    assert sorted(i for g in groups for i in g) == list(range(len(steps)))
+    assert 2 <= len(groups) <= 4
+    assert {max(steps[i] for i in g) for g in groups} != {41}      # short rows not padded
+    assert split_by_length(steps, None) == [sorted(range(8), key=steps.__getitem__)]
+    assert len(split_by_length([7] * 5, model)) == 1
+    expensive_calls = CostModel(call=1.0, step=0.0, row_step=1e-6)
+    assert len(split_by_length(steps, expensive_calls)) == 1

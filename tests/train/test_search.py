@@ -39,7 +39,7 @@ def searched(tmp_path_factory, tiny_dataset) -> dict:
     first = _search(tiny_dataset, out, "--trials", "1", "--no-measure-memory")
     assert first.exit_code == 0, first.output
     first_results = json.loads((out / "results.json").read_text())
-    second = _search(tiny_dataset, out, "--trials", "2")
+    second = _search(tiny_dataset, out, "--trials", "2", "--test-data", str(tiny_dataset))
     assert second.exit_code == 0, second.output
     return {"out": out, "first": first_results,
             "second": json.loads((out / "results.json").read_text()), "data": tiny_dataset}
@@ -90,6 +90,7 @@ def test_report_files_and_keys(searched):
         assert best["latency"]["engine"].startswith("onnxruntime")
         assert best["latency"]["batch1_median_ms"] > 0 and best["latency"]["throughput_per_s"] > 0
         assert best["exported"]["export_error"] is None
+        assert best["test"]["examples"] == 600 and 0.0 <= best["test"]["accuracy"] <= 1.0
         memory = best["training_memory"]
         assert 0 < memory["training_bytes"] < memory["peak_bytes"]
         # the exported model scores what the trainer measured on the same validation split
@@ -97,6 +98,7 @@ def test_report_files_and_keys(searched):
         assert f"{100 * best['val_accuracy']:.2f} %" in report
     assert results["conclusion"] and all(line in report for line in results["conclusion"])
     assert "rnnserve search --data" in report and "--trials 2" in report
+    assert "| test accuracy / macro-F1 |" in report
 
 
 def test_best_checkpoints_are_exportable(searched, tmp_path):
@@ -224,7 +226,7 @@ def _fake_results(lstm_acc: float, gru_acc: float) -> dict:
 
 
 def test_conclusion_and_claims_are_computed_from_numbers():
-    from rnnserve.train.report import conclude, judge_claims
+    from rnnserve.train.search_verdicts import conclude, judge_claims
 
     results = _fake_results(0.85, 0.80)
     lines = dict(line.split(": ", 1) for line in conclude(results))
@@ -235,6 +237,8 @@ def test_conclusion_and_claims_are_computed_from_numbers():
     assert "the best GRU is smaller" in lines["Size"] and "25.0 % fewer" in lines["Size"]
     assert "different sizes" in lines["Size"]
     assert "GRU answers a single text faster" in lines["Speed"] and "(2.00x)" in lines["Speed"]
+    assert lines["Training"].startswith("an epoch of the best GRU costs 8.0 s of wall time vs "
+                                        "10.0 s for the best LSTM (1.25x)")
     claims = judge_claims(results)
     speed = claims["faster_per_epoch"]
     assert speed["verdict"] == "holds"  # CPU 7 s vs 9 s decides (wall 11 vs 10 is load noise)
