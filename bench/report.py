@@ -171,7 +171,7 @@ def _grid(plt, n: int, width: float = 5.0, height: float = 3.6):
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
 
 
 def plot_throughput(results: dict, path: Path, plt) -> None:
@@ -192,8 +192,9 @@ def plot_throughput(results: dict, path: Path, plt) -> None:
                        label="raw tokenize+ORT")
         ax.set(xscale="log", xlabel="concurrency", ylabel="sentences/s",
                title=f"{model} — {placement}")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # room for the legend above the curves
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left", ncol=2)
     _save(fig, path)
     plt.close(fig)
 
@@ -208,15 +209,16 @@ def plot_latency(results: dict, path: Path, plt) -> None:
             levels = entry["levels"]
             xs = [lv["concurrency"] for lv in levels]
             ax.plot(xs, [lv["p50_ms"] for lv in levels], color=color, marker="o",
-                    label=f"{_series_name(entry)} p50")
+                    label=_series_name(entry))
             ax.plot(xs, [lv["p99_ms"] for lv in levels], color=color, ls="--", marker="x",
-                    label="p99")
+                    label="_nolegend_")
             ax.fill_between(xs, [lv["p50_ms"] for lv in levels],
                             [lv["p95_ms"] for lv in levels], color=color, alpha=0.12)
         ax.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="latency ms",
-               title=f"{model} — {placement} (p50 solid, p95 band, p99 dashed)")
+               title=f"{model} — {placement}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.suptitle("client latency: p50 solid, p50–p95 band, p99 dashed", fontsize=10)
     _save(fig, path)
     plt.close(fig)
 

@@ -57,7 +57,8 @@ class RnnServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.telemetry = ServerTelemetry(enabled=settings.metrics_port >= 0)
+        self.telemetry = ServerTelemetry(
+            enabled=settings.metrics_enabled and settings.metrics_port >= 0)
         self.registry = ModelRegistry(settings, self.telemetry)   # validates the repository
         self.server: aio.Server | None = None
         self.health = HealthServicer()
@@ -135,7 +136,7 @@ class RnnServer:
 
     def _start_metrics(self) -> None:
         settings = self.settings
-        if settings.metrics_port < 0:
+        if settings.metrics_port < 0 or not settings.metrics_enabled:
             return
         from .metrics_http import start_metrics_server
 

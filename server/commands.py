@@ -21,6 +21,9 @@ def serve_command(
         help="gRPC port (0 = any free port). Default 8001.", show_default=False)] = None,
     metrics_port: Annotated[int | None, typer.Option(
         help="Prometheus port (0 = any, -1 = off). Default 8002.", show_default=False)] = None,
+    metrics: Annotated[bool | None, typer.Option(
+        "--metrics/--no-metrics", help="Publish Prometheus metrics. Default on.",
+        show_default=False)] = None,
     device: Annotated[str | None, typer.Option(
         help="auto | cpu | cuda. Default auto (CUDA if usable, else CPU).",
         show_default=False)] = None,
@@ -48,6 +51,8 @@ def serve_command(
 
     given = {key: value for key, value in locals().items()
              if value is not None and key not in ("ValidationError", "ServerSettings")}
+    if "metrics" in given:
+        given["metrics_enabled"] = given.pop("metrics")
     try:
         settings = ServerSettings(**given)
     except ValidationError as exc:

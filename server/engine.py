@@ -38,7 +38,14 @@ from rnnserve.repository import (
 )
 
 from .batcher import BatchRequest, Prediction, Scheduler, SequenceBatcher
-from .errors import Aborted, FailedPrecondition, InvalidArgument, Unavailable, status_of
+from .errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    ServingError,
+    Unavailable,
+    status_of,
+)
 from .execution import BatchExecutor, Row
 from .logs import log_event
 from .runtime import CostModel, OnnxModel
@@ -325,6 +332,21 @@ class ModelEngine:
         ``end`` on a sequence that has seen text.
         """
         started = time.perf_counter()
+        try:
+            future = self._submit_step(sequence_id, text, ids, start, end, restart)
+        except ServingError as exc:
+            self._finished(api, "stream", exc.code, started, 1)
+            raise
+        if self.telemetry is not None:
+            future.add_done_callback(lambda f: self._finished(
+                api, "stream", grpc.StatusCode.CANCELLED if f.cancelled()
+                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
+                started, 1))
+        return future
+
+    def _submit_step(self, sequence_id: Hashable, text: str | None, ids: np.ndarray | None,
+                     start: bool, end: bool, restart: bool) -> asyncio.Future:
+        """The body of ``submit_step``: validate, open or find the sequence, enqueue."""
         self._check_ready()
         if not self.streaming:
             raise FailedPrecondition(
@@ -357,11 +379,6 @@ class ModelEngine:
             if opened is not None:
                 store.close(opened, "ended")
             raise
-        if self.telemetry is not None:
-            future.add_done_callback(lambda f: self._finished(
-                api, "stream", grpc.StatusCode.CANCELLED if f.cancelled()
-                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
-                started, 1))
         return future
 
     async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,

@@ -44,6 +44,8 @@ class ServerSettings(SecuritySettings):
     metrics_port: int = Field(8002, ge=-1, le=65535,
                               description="Prometheus /metrics port; 0 = any free port, "
                                           "-1 = no metrics endpoint.")
+    metrics_enabled: bool = Field(True, description="Publish Prometheus metrics; False makes "
+                                  "the telemetry hooks no-ops (KServe statistics stay exact).")
     default_model: str | None = Field(None, description="Model an empty model name selects; "
                                       "default: the only model, if there is exactly one.")
 

@@ -80,3 +80,20 @@ def test_metrics_off_keeps_kserve_statistics(tiny_repository):
     assert stats.execution_count > 0
     assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == \
         stats.inference_stats.compute_infer.count
+
+
+def test_no_metrics_switch_starts_no_endpoint_but_keeps_statistics(tiny_repository):
+    """``metrics_enabled=False`` (``--no-metrics``): no /metrics port, KServe statistics exact."""
+    from offline import LSTM
+    from rnnserve.protos import sentiment_pb2 as pb
+    from rnnserve.protos import sentiment_pb2_grpc
+    from serving import start_server
+
+    with start_server(tiny_repository, metrics_port=0, metrics_enabled=False) as handle:
+        assert handle.server.metrics_port is None
+        with handle.channel() as channel:
+            stub = sentiment_pb2_grpc.SentimentStub(channel)
+            stub.Classify(pb.ClassifyRequest(texts=["a fine film", "bad"], model=LSTM))
+        stats = handle.registry.get(LSTM).telemetry.statistics()
+        assert stats.inference_stats.success.count == 1
+        assert stats.inference_count == 2

@@ -251,3 +251,14 @@ def _wait_until(condition, timeout=5.0):
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
+
+
+def test_refused_chunk_is_counted_as_a_failure(stub, server):
+    """A chunk refused before it is queued (here: an empty first chunk) still reaches the
+    statistics that KServe ModelStatistics and Prometheus report."""
+    telemetry = server.registry.get(GRU).telemetry
+    before = telemetry.statistics().inference_stats.fail.count
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.StreamClassify(iter([pb.StreamClassifyRequest(text="  ", model=GRU)])))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert telemetry.statistics().inference_stats.fail.count == before + 1
