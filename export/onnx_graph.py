@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from rnnserve.repository import state_input_names
+
 OPSET = 17
 PRODUCER = "rnnserve.export"
 
@@ -55,7 +57,7 @@ class GraphSpec:
 
     @property
     def state_names(self) -> list[str]:
-        return ["state_h", "state_c"] if self.cell == "lstm" else ["state_h"]
+        return state_input_names(self.cell)
 
     @classmethod
     def from_model_spec(cls, spec: object) -> GraphSpec:

@@ -62,6 +62,11 @@ def validate_version(version: str | int) -> str:
     return str(int(text))
 
 
+def state_input_names(cell: str) -> list[str]:
+    """Names of the ONNX state inputs of a ``cell`` model, in order (outputs add ``_out``)."""
+    return ["state_h", "state_c"] if cell == "lstm" else ["state_h"]
+
+
 class RepositoryMetadata(BaseModel):
     """``metadata.json``: what the server and the docs need beyond ModelConfig."""
 
@@ -91,7 +96,7 @@ class RepositoryMetadata(BaseModel):
     @property
     def state_names(self) -> list[str]:
         """Names of the ONNX state inputs, in order."""
-        return ["state_h", "state_c"] if self.cell == "lstm" else ["state_h"]
+        return state_input_names(self.cell)
 
     @property
     def state_shape(self) -> tuple[int, int]:

@@ -78,6 +78,9 @@ def train_command(
     dropout: Annotated[float, typer.Option(help="Dropout (embeddings, between layers, head)")] = (
         _default("dropout")
     ),
+    word_dropout: Annotated[
+        float, typer.Option(help="Training-time chance of replacing a token by [UNK]")
+    ] = _default("word_dropout"),
     bidirectional: Annotated[
         bool, typer.Option(help="Bidirectional RNN (streaming then sees only chunks)")
     ] = _default("bidirectional"),

@@ -39,9 +39,12 @@ class TrainConfig(BaseModel):
     hidden: int = Field(256, gt=0)
     layers: int = Field(1, gt=0)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    word_dropout: float = Field(
+        0.15, ge=0.0, lt=1.0, description="training-time chance of replacing a token by [UNK]"
+    )
     bidirectional: bool = False
     # optimisation
-    lr: float = Field(3e-3, gt=0.0, description="peak AdamW learning rate")
+    lr: float = Field(2e-3, gt=0.0, description="peak AdamW learning rate")
     lr_schedule: Literal["constant", "linear"] = Field(
         "linear", description="linear: decay to 0 at the end of the last epoch"
     )

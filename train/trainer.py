@@ -37,7 +37,7 @@ from rnnserve.train.data import load_labelled_texts
 from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
 from rnnserve.train.model import ModelSpec, SentimentRNN, count_parameters
 from rnnserve.train.splits import Splits, split_train_validation
-from rnnserve.train.tokenizer import PAD_ID, TokenizerKind, train_tokenizer
+from rnnserve.train.tokenizer import PAD_ID, UNK_ID, TokenizerKind, train_tokenizer
 from tokenizers import Tokenizer
 from torch import nn
 from tqdm.auto import tqdm
@@ -191,6 +191,7 @@ def _train(
     averaged = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     scored = averaged.model if averaged is not None else model
     step = _TrainStep(model, optimizer, scheduler, averaged, config.clip_norm, device)
+    step.word_dropout = config.word_dropout
     batch_rng = np.random.default_rng(config.seed)
     train_labels = torch.tensor(prepared.splits.train.labels, dtype=torch.int64)
     val_labels = np.asarray(prepared.splits.validation.labels)
@@ -302,7 +303,7 @@ class WeightAverage:
 
 
 class _TrainStep:
-    """One optimisation step: forward (AMP on CUDA), backward, clip, AdamW, LR schedule, EMA."""
+    """One step: word dropout, forward (AMP on CUDA), backward, clip, AdamW, schedule, EMA."""
 
     def __init__(
         self,
@@ -318,12 +319,17 @@ class _TrainStep:
         self.clip_norm, self.device = clip_norm, device
         self.use_amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.word_dropout = 0.0
 
     def __call__(
         self, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
     ) -> tuple[float, int]:
         """Returns (mean loss, correct predictions) of the batch before the update."""
         targets = targets.to(self.device)
+        if self.word_dropout > 0:
+            # Word dropout: hide random real tokens behind [UNK] so no phrase is memorised.
+            hidden = (torch.rand(ids.shape) < self.word_dropout) & (ids != PAD_ID)
+            ids = ids.masked_fill(hidden, UNK_ID)
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
         with autocast:
             logits, _ = self.model(ids.to(self.device), lengths)

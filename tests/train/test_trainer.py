@@ -21,13 +21,23 @@ def tiny_config(tiny_dataset, out, **overrides) -> TrainConfig:
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_tiny_models_learn_the_synthetic_signal(tiny_checkpoints, tiny_dataset, cell):
+def test_fixture_checkpoints_evaluate(tiny_checkpoints, tiny_dataset, cell):
     result = evaluate(tiny_checkpoints[cell], tiny_dataset)
     assert result["examples"] == 600
     assert result["labels"] == ["negative", "positive"]
-    assert result["accuracy"] >= 0.75, result  # chance is 0.5
     assert sum(map(sum, result["confusion_matrix"])) == 600
+    assert result["accuracy"] > 0.55, result  # 3 short epochs at the default lr; chance is 0.5
     assert 0.0 <= result["macro_f1"] <= 1.0
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_tiny_models_learn_the_synthetic_signal(tiny_dataset, tmp_path, cell):
+    config = tiny_config(tiny_dataset, tmp_path / cell, cell=cell, epochs=3, lr=1e-2)
+    result = train(config)
+    assert result.best_val_accuracy >= 0.9, result.epochs
+    evaluation = evaluate(result.checkpoint_dir, tiny_dataset)
+    assert evaluation["accuracy"] >= 0.9
+    assert evaluation["macro_f1"] >= 0.9
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
