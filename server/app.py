@@ -25,13 +25,14 @@ import time
 
 import grpc
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from rnnserve.repository import RepositoryError
 
 from . import kserve, security
+from .guarded import generic_handler
 from .logs import configure_logging, log_event
 from .registry import ModelRegistry
 from .runtime import RuntimeUnavailable, select_provider
@@ -98,7 +99,11 @@ class RnnServer:
                                  interceptors=security.server_interceptors(settings))
         add_to_server(self.text, self.server)
         self.kserve = kserve.register(self.server, self.registry, settings)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.server.add_generic_rpc_handlers((generic_handler(
+            health_pb2.DESCRIPTOR.services_by_name["Health"], self.health,
+            parser_for=lambda method: getattr(health_pb2, method.input_type.name).FromString,
+            serializer_for=lambda method: getattr(
+                health_pb2, method.output_type.name).SerializeToString),))
         reflection.enable_server_reflection(
             [TEXT_SERVICE, KSERVE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"]
              .full_name, reflection.SERVICE_NAME], self.server)

@@ -429,6 +429,8 @@ class SequenceBatcher:
                                                          last.logits, 0, last.label_index))
                 if chunk.end:
                     self.store.close(state, "ended")
+                    self._retire(state)
+                    return
                 continue
             owner = ChunkOwner(lambda row, outcome, error, chunk=chunk:
                                self._done(state, chunk, row, outcome, error))
@@ -455,12 +457,17 @@ class SequenceBatcher:
             if chunk.end:
                 self.store.close(state, "ended")
         if state.closed:
-            self.cancel_pending(state, Aborted(
-                f"sequence {state.key!r} was ended before this chunk ran"))
-            self.store.release(state)
+            self._retire(state)
         else:
             self.store.touch(state)
             self._dispatch(state)
+
+    def _retire(self, state) -> None:
+        """A closed sequence with no chunk running: fail what is still queued behind its end,
+        then free its state slot."""
+        self.cancel_pending(state, Aborted(
+            f"sequence {state.key!r} was ended before this chunk ran"))
+        self.store.release(state)
 
 
 def _empty_first_chunk(key) -> ServingError:

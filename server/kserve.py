@@ -26,6 +26,7 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .errors import ServingError
+from .guarded import generic_handler
 from .kserve_infer import ParsedRequest, ServedShape, build_response, parse_request
 from .kserve_models import full_shape, served_config, tensor_specs
 from .kserve_registry import ServedModels
@@ -209,7 +210,12 @@ for _rpc, _reason in UNIMPLEMENTED_RPCS.items():
 def register(server, registry, settings) -> KServeServicer:
     """Add the KServe v2 servicer to ``server`` (a ``grpc.aio.Server``); return it."""
     servicer = KServeServicer(registry, settings)
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    server.add_generic_rpc_handlers((generic_handler(
+        service, servicer,
+        parser_for=lambda method: getattr(service_pb2, method.input_type.name).FromString,
+        serializer_for=lambda method: getattr(
+            service_pb2, method.output_type.name).SerializeToString),))
     return servicer
 
 

@@ -17,12 +17,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import grpc
 from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
 from .encode import ResponseEncoder
 from .errors import FailedPrecondition, Internal, InvalidArgument, ServingError, Unavailable
+from .guarded import generic_handler
 from .registry import ModelRegistry
 from .settings import ServerSettings
 from .wire import decode, decode_all, request_class
@@ -198,21 +198,11 @@ class _Stream:
 
 
 def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:
-    """Register ``servicer`` with request parsing through the UTF-8-tolerant mirrors."""
+    """Register ``servicer``; requests are parsed in the handler through the UTF-8-tolerant
+    mirrors (malformed bytes -> INVALID_ARGUMENT, see server/guarded.py)."""
     service = pb.DESCRIPTOR.services_by_name["Sentiment"]
-    handlers = {}
-    for method in service.methods:
-        parse = request_class(method.input_type.name).FromString
-        serialize = _passthrough if method.name in _PRE_ENCODED else \
-            getattr(pb, method.output_type.name).SerializeToString
-        behaviour = getattr(servicer, method.name)
-        if method.client_streaming and method.server_streaming:
-            factory = grpc.stream_stream_rpc_method_handler
-        elif method.client_streaming or method.server_streaming:
-            raise NotImplementedError(f"{method.full_name}: only unary and bidi are wired")
-        else:
-            factory = grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = factory(behaviour, request_deserializer=parse,
-                                        response_serializer=serialize)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE,
-                                                                          handlers),))
+    server.add_generic_rpc_handlers((generic_handler(
+        service, servicer,
+        parser_for=lambda method: request_class(method.input_type.name).FromString,
+        serializer_for=lambda method: _passthrough if method.name in _PRE_ENCODED
+        else getattr(pb, method.output_type.name).SerializeToString),))

@@ -79,8 +79,10 @@ def train_command(
         _default("dropout")
     ),
     word_dropout: Annotated[
-        float, typer.Option(help="Training-time chance of replacing a token by [UNK]")
-    ] = _default("word_dropout"),
+        float | None,
+        typer.Option(help="Training-time chance of replacing a token by [UNK] "
+                     "(default: 0 for lstm, 0.15 for gru)"),
+    ] = None,
     bidirectional: Annotated[
         bool, typer.Option(help="Bidirectional RNN (streaming then sees only chunks)")
     ] = _default("bidirectional"),

@@ -191,7 +191,7 @@ def _train(
     averaged = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     scored = averaged.model if averaged is not None else model
     step = _TrainStep(model, optimizer, scheduler, averaged, config.clip_norm, device)
-    step.word_dropout = config.word_dropout
+    step.word_dropout = config.effective_word_dropout
     batch_rng = np.random.default_rng(config.seed)
     train_labels = torch.tensor(prepared.splits.train.labels, dtype=torch.int64)
     val_labels = np.asarray(prepared.splits.validation.labels)
@@ -272,6 +272,7 @@ def _train(
     metrics_json = {
         **result.model_dump(mode="json"),
         "config": config.model_dump(mode="json"),
+        "word_dropout_used": config.effective_word_dropout,
         "data_source": prepared.splits.train.source,
         "val_source": prepared.splits.validation.source,
         "train_label_counts": prepared.splits.train.label_counts(),

@@ -56,8 +56,8 @@ class StatusTally:
         return code
 
     def summary(self) -> str:
-        lines = [f"== {self.title}: {sum(self.cases.values())} cases, "
-                 f"{sum(self.counts.values())} answers"]
+        lines = [(f"== {self.title}: {sum(self.cases.values())} cases, "
+                  f"{sum(self.counts.values())} answers")]
         for api in sorted(self.cases):
             statuses = ", ".join(f"{code}={n}" for (a, code), n in sorted(self.counts.items())
                                  if a == api)
