@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 TINY_MODEL_NAMES = {"lstm": "tiny-lstm", "gru": "tiny-gru"}
@@ -47,3 +48,30 @@ def tiny_repository(tmp_path_factory, tiny_checkpoints) -> Path:
     for cell, checkpoint in tiny_checkpoints.items():
         export_checkpoint(checkpoint, repository=repo, name=TINY_MODEL_NAMES[cell])
     return repo
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository):
+    """One in-process rnnserve (default settings) shared by every protocol suite.
+
+    Tests may send traffic but must not change its settings or state.
+    """
+    from serving import start_server
+
+    with start_server(tiny_repository) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def channel(server):
+    with server.channel() as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def offline(tiny_repository):
+    """Offline reference per tiny model: the ONNX graph run directly (tests/offline.py)."""
+    from offline import Offline
+
+    return {name: Offline(tiny_repository, name) for name in TINY_MODEL_NAMES.values()}

@@ -1,29 +1,23 @@
-"""KServe v2 test fixtures: one in-process rnnserve on the session's tiny repository, clients
-(raw stub, tritonclient sync), and the offline reference (ONNX Runtime directly)."""
+"""KServe v2 test fixtures over the shared session server (tests/conftest.py): clients
+(raw stub, text-API stub, tritonclient sync)."""
 
 from __future__ import annotations
 
-import grpc
 import pytest
 import tritonclient.grpc as triton
-from kserve_support import Offline
 from rnnserve.protos import sentiment_pb2_grpc
-from serving import start_server
 from tritonclient.grpc import service_pb2_grpc
 
 
 @pytest.fixture(scope="session")
-def kserve_server(tiny_repository):
-    """Shared server; tests may run inferences but must not change its settings."""
-    with start_server(tiny_repository) as handle:
-        yield handle
+def kserve_server(server):
+    """The shared server (tests/conftest.py); tests may run inferences, not change settings."""
+    return server
 
 
 @pytest.fixture(scope="session")
-def kserve_channel(kserve_server):
-    with kserve_server.channel() as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
-        yield channel
+def kserve_channel(channel):
+    return channel
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +36,3 @@ def text_stub(kserve_channel):
 def client(kserve_server):
     with triton.InferenceServerClient(kserve_server.address) as c:
         yield c
-
-
-@pytest.fixture(scope="session")
-def offline(tiny_repository):
-    return {name: Offline(tiny_repository, name) for name in ("tiny-lstm", "tiny-gru")}

@@ -5,35 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 from offline import GRU, LSTM, Offline, random_text  # noqa: F401 (re-exported to tests)
 from rnnserve.protos import sentiment_pb2_grpc
-from serving import start_server
-
-
-@pytest.fixture(scope="session")
-def server(tiny_repository):
-    """The shared in-process server (default batching; tests must not change its state)."""
-    with start_server(tiny_repository) as handle:
-        yield handle
-
-
-@pytest.fixture(scope="session")
-def channel(server):
-    with server.channel() as ch:
-        grpc.channel_ready_future(ch).result(timeout=10)
-        yield ch
 
 
 @pytest.fixture(scope="session")
 def stub(channel):
     return sentiment_pb2_grpc.SentimentStub(channel)
-
-
-@pytest.fixture(scope="session")
-def offline(tiny_repository):
-    return {name: Offline(tiny_repository, name) for name in (LSTM, GRU)}
 
 
 @pytest.fixture(scope="session")
