@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brnnserve/v1/sentiment.proto\x12\x0brnnserve.v1\"@\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"g\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0blabel_index\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x0e\n\x06tokens\x18\x05 \x01(\r\"p\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12,\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x17.rnnserve.v1.Prediction\"a\n\x15StreamClassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x12\r\n\x05reset\x18\x05 \x01(\x08\"\xc2\x01\n\x16StreamClassifyResponse\x12+\n\nprediction\x18\x01 \x01(\x0b\x32\x17.rnnserve.v1.Prediction\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0bsequence_id\x18\x07 \x01(\t\x12\x0b\n\x03\x65nd\x18\x08 \x01(\x08\"\x13\n\x11ListModelsRequest\"R\n\x12ModelVersionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06latest\x18\x04 \x01(\x08\"\\\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.rnnserve.v1.ModelVersionStatus\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xf3\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x11\n\tembed_dim\x18\x07 \x01(\r\x12\x0e\n\x06hidden\x18\x08 \x01(\r\x12\x0e\n\x06layers\x18\t \x01(\r\x12\x15\n\rbidirectional\x18\n \x01(\x08\x12\x11\n\tprecision\x18\x0b \x01(\t\x12 \n\x18state_bytes_per_sequence\x18\x0c \x01(\x04\x12\x16\n\x0emax_batch_size\x18\r \x01(\r\x12\x14\n\x0c\x63hunk_length\x18\x0e \x01(\r\x12\x11\n\tstreaming\x18\x0f \x01(\x08\x12\x1a\n\x12max_open_sequences\x18\x10 \x01(\r\x12\x1d\n\x15sequence_idle_seconds\x18\x11 \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x12 \x01(\t\x12\x38\n\x07metrics\x18\x13 \x03(\x0b\x32\'.rnnserve.v1.ModelMetadata.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xd8\x02\n\tSentiment\x12G\n\x08\x43lassify\x12\x1c.rnnserve.v1.ClassifyRequest\x1a\x1d.rnnserve.v1.ClassifyResponse\x12]\n\x0eStreamClassify\x12\".rnnserve.v1.StreamClassifyRequest\x1a#.rnnserve.v1.StreamClassifyResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12T\n\x10GetModelMetadata\x12$.rnnserve.v1.GetModelMetadataRequest\x1a\x1a.rnnserve.v1.ModelMetadatab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1brnnserve/v1/sentiment.proto\x12\x0brnnserve.v1\"@\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"g\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0blabel_index\x18\x02 \x01(\r\x12\x15\n\rprobabilities\x18\x03 \x03(\x02\x12\x0e\n\x06logits\x18\x04 \x03(\x02\x12\x0e\n\x06tokens\x18\x05 \x01(\r\"p\n\x10\x43lassifyResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12,\n\x0bpredictions\x18\x04 \x03(\x0b\x32\x17.rnnserve.v1.Prediction\"\x8d\x01\n\x15StreamClassifyRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x08\x12\r\n\x05reset\x18\x05 \x01(\x08\x12\x14\n\x0cresume_state\x18\x06 \x01(\x0c\x12\x14\n\x0c\x65xport_state\x18\x07 \x01(\x08\"\xd1\x01\n\x16StreamClassifyResponse\x12+\n\nprediction\x18\x01 \x01(\x0b\x32\x17.rnnserve.v1.Prediction\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0bsequence_id\x18\x07 \x01(\t\x12\x0b\n\x03\x65nd\x18\x08 \x01(\x08\x12\r\n\x05state\x18\t \x01(\x0c\"C\n\x0bSequenceRef\x12\x15\n\x0bsequence_id\x18\x01 \x01(\x04H\x00\x12\x17\n\rsequence_name\x18\x02 \x01(\tH\x00\x42\x04\n\x02id\"t\n\x15\x45xportSequenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08sequence\x18\x03 \x01(\x0b\x32\x18.rnnserve.v1.SequenceRef\x12\x0f\n\x07release\x18\x04 \x01(\x08\"\x7f\n\x16\x45xportSequenceResponse\x12\r\n\x05state\x18\x01 \x01(\x0c\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x05 \x01(\x04\x12\x10\n\x08released\x18\x06 \x01(\x08\"r\n\x15ImportSequenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12*\n\x08sequence\x18\x03 \x01(\x0b\x32\x18.rnnserve.v1.SequenceRef\x12\r\n\x05state\x18\x04 \x01(\x0c\"\x8b\x01\n\x16ImportSequenceResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x04 \x01(\x04\x12+\n\nprediction\x18\x05 \x01(\x0b\x32\x17.rnnserve.v1.Prediction\"\x13\n\x11ListModelsRequest\"R\n\x12ModelVersionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05ready\x18\x03 \x01(\x08\x12\x0e\n\x06latest\x18\x04 \x01(\x08\"\\\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.rnnserve.v1.ModelVersionStatus\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"9\n\x17GetModelMetadataRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xf3\x03\n\rModelMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08versions\x18\x03 \x03(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x0c\n\x04\x63\x65ll\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\r\x12\x11\n\tembed_dim\x18\x07 \x01(\r\x12\x0e\n\x06hidden\x18\x08 \x01(\r\x12\x0e\n\x06layers\x18\t \x01(\r\x12\x15\n\rbidirectional\x18\n \x01(\x08\x12\x11\n\tprecision\x18\x0b \x01(\t\x12 \n\x18state_bytes_per_sequence\x18\x0c \x01(\x04\x12\x16\n\x0emax_batch_size\x18\r \x01(\r\x12\x14\n\x0c\x63hunk_length\x18\x0e \x01(\r\x12\x11\n\tstreaming\x18\x0f \x01(\x08\x12\x1a\n\x12max_open_sequences\x18\x10 \x01(\r\x12\x1d\n\x15sequence_idle_seconds\x18\x11 \x01(\x01\x12\x1a\n\x12\x65xecution_provider\x18\x12 \x01(\t\x12\x38\n\x07metrics\x18\x13 \x03(\x0b\x32\'.rnnserve.v1.ModelMetadata.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x8e\x04\n\tSentiment\x12G\n\x08\x43lassify\x12\x1c.rnnserve.v1.ClassifyRequest\x1a\x1d.rnnserve.v1.ClassifyResponse\x12]\n\x0eStreamClassify\x12\".rnnserve.v1.StreamClassifyRequest\x1a#.rnnserve.v1.StreamClassifyResponse(\x01\x30\x01\x12M\n\nListModels\x12\x1e.rnnserve.v1.ListModelsRequest\x1a\x1f.rnnserve.v1.ListModelsResponse\x12T\n\x10GetModelMetadata\x12$.rnnserve.v1.GetModelMetadataRequest\x1a\x1a.rnnserve.v1.ModelMetadata\x12Y\n\x0e\x45xportSequence\x12\".rnnserve.v1.ExportSequenceRequest\x1a#.rnnserve.v1.ExportSequenceResponse\x12Y\n\x0eImportSequence\x12\".rnnserve.v1.ImportSequenceRequest\x1a#.rnnserve.v1.ImportSequenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTION']._serialized_end=213
   _globals['_CLASSIFYRESPONSE']._serialized_start=215
   _globals['_CLASSIFYRESPONSE']._serialized_end=327
-  _globals['_STREAMCLASSIFYREQUEST']._serialized_start=329
-  _globals['_STREAMCLASSIFYREQUEST']._serialized_end=426
-  _globals['_STREAMCLASSIFYRESPONSE']._serialized_start=429
-  _globals['_STREAMCLASSIFYRESPONSE']._serialized_end=623
-  _globals['_LISTMODELSREQUEST']._serialized_start=625
-  _globals['_LISTMODELSREQUEST']._serialized_end=644
-  _globals['_MODELVERSIONSTATUS']._serialized_start=646
-  _globals['_MODELVERSIONSTATUS']._serialized_end=728
-  _globals['_LISTMODELSRESPONSE']._serialized_start=730
-  _globals['_LISTMODELSRESPONSE']._serialized_end=822
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=824
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=881
-  _globals['_MODELMETADATA']._serialized_start=884
-  _globals['_MODELMETADATA']._serialized_end=1383
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1337
-  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=1383
-  _globals['_SENTIMENT']._serialized_start=1386
-  _globals['_SENTIMENT']._serialized_end=1730
+  _globals['_STREAMCLASSIFYREQUEST']._serialized_start=330
+  _globals['_STREAMCLASSIFYREQUEST']._serialized_end=471
+  _globals['_STREAMCLASSIFYRESPONSE']._serialized_start=474
+  _globals['_STREAMCLASSIFYRESPONSE']._serialized_end=683
+  _globals['_SEQUENCEREF']._serialized_start=685
+  _globals['_SEQUENCEREF']._serialized_end=752
+  _globals['_EXPORTSEQUENCEREQUEST']._serialized_start=754
+  _globals['_EXPORTSEQUENCEREQUEST']._serialized_end=870
+  _globals['_EXPORTSEQUENCERESPONSE']._serialized_start=872
+  _globals['_EXPORTSEQUENCERESPONSE']._serialized_end=999
+  _globals['_IMPORTSEQUENCEREQUEST']._serialized_start=1001
+  _globals['_IMPORTSEQUENCEREQUEST']._serialized_end=1115
+  _globals['_IMPORTSEQUENCERESPONSE']._serialized_start=1118
+  _globals['_IMPORTSEQUENCERESPONSE']._serialized_end=1257
+  _globals['_LISTMODELSREQUEST']._serialized_start=1259
+  _globals['_LISTMODELSREQUEST']._serialized_end=1278
+  _globals['_MODELVERSIONSTATUS']._serialized_start=1280
+  _globals['_MODELVERSIONSTATUS']._serialized_end=1362
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1364
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1456
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1458
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1515
+  _globals['_MODELMETADATA']._serialized_start=1518
+  _globals['_MODELMETADATA']._serialized_end=2017
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_start=1971
+  _globals['_MODELMETADATA_METRICSENTRY']._serialized_end=2017
+  _globals['_SENTIMENT']._serialized_start=2020
+  _globals['_SENTIMENT']._serialized_end=2546
 # @@protoc_insertion_point(module_scope)

@@ -43,21 +43,25 @@ class ClassifyResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ...) -> None: ...
 
 class StreamClassifyRequest(_message.Message):
-    __slots__ = ("text", "model", "version", "end", "reset")
+    __slots__ = ("text", "model", "version", "end", "reset", "resume_state", "export_state")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    RESUME_STATE_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_STATE_FIELD_NUMBER: _ClassVar[int]
     text: str
     model: str
     version: str
     end: bool
     reset: bool
-    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., end: bool = ..., reset: bool = ...) -> None: ...
+    resume_state: bytes
+    export_state: bool
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., end: bool = ..., reset: bool = ..., resume_state: _Optional[bytes] = ..., export_state: bool = ...) -> None: ...
 
 class StreamClassifyResponse(_message.Message):
-    __slots__ = ("prediction", "chunk_index", "total_tokens", "model", "version", "labels", "sequence_id", "end")
+    __slots__ = ("prediction", "chunk_index", "total_tokens", "model", "version", "labels", "sequence_id", "end", "state")
     PREDICTION_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +70,7 @@ class StreamClassifyResponse(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     prediction: Prediction
     chunk_index: int
     total_tokens: int
@@ -74,7 +79,70 @@ class StreamClassifyResponse(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[str]
     sequence_id: str
     end: bool
-    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., chunk_index: _Optional[int] = ..., total_tokens: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., sequence_id: _Optional[str] = ..., end: bool = ...) -> None: ...
+    state: bytes
+    def __init__(self, prediction: _Optional[_Union[Prediction, _Mapping]] = ..., chunk_index: _Optional[int] = ..., total_tokens: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., sequence_id: _Optional[str] = ..., end: bool = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class SequenceRef(_message.Message):
+    __slots__ = ("sequence_id", "sequence_name")
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NAME_FIELD_NUMBER: _ClassVar[int]
+    sequence_id: int
+    sequence_name: str
+    def __init__(self, sequence_id: _Optional[int] = ..., sequence_name: _Optional[str] = ...) -> None: ...
+
+class ExportSequenceRequest(_message.Message):
+    __slots__ = ("model", "version", "sequence", "release")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    sequence: SequenceRef
+    release: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., sequence: _Optional[_Union[SequenceRef, _Mapping]] = ..., release: bool = ...) -> None: ...
+
+class ExportSequenceResponse(_message.Message):
+    __slots__ = ("state", "model", "version", "total_tokens", "chunks", "released")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    state: bytes
+    model: str
+    version: str
+    total_tokens: int
+    chunks: int
+    released: bool
+    def __init__(self, state: _Optional[bytes] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., total_tokens: _Optional[int] = ..., chunks: _Optional[int] = ..., released: bool = ...) -> None: ...
+
+class ImportSequenceRequest(_message.Message):
+    __slots__ = ("model", "version", "sequence", "state")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    sequence: SequenceRef
+    state: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., sequence: _Optional[_Union[SequenceRef, _Mapping]] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class ImportSequenceResponse(_message.Message):
+    __slots__ = ("model", "version", "total_tokens", "chunks", "prediction")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    total_tokens: int
+    chunks: int
+    prediction: Prediction
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., total_tokens: _Optional[int] = ..., chunks: _Optional[int] = ..., prediction: _Optional[_Union[Prediction, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -54,6 +54,16 @@ class SentimentStub(object):
                 request_serializer=rnnserve_dot_v1_dot_sentiment__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.ModelMetadata.FromString,
                 _registered_method=True)
+        self.ExportSequence = channel.unary_unary(
+                '/rnnserve.v1.Sentiment/ExportSequence',
+                request_serializer=rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceResponse.FromString,
+                _registered_method=True)
+        self.ImportSequence = channel.unary_unary(
+                '/rnnserve.v1.Sentiment/ImportSequence',
+                request_serializer=rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceRequest.SerializeToString,
+                response_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceResponse.FromString,
+                _registered_method=True)
 
 
 class SentimentServicer(object):
@@ -91,6 +101,26 @@ class SentimentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSequence(self, request, context):
+        """Snapshot the carried state of an open, idle sequence started through the KServe v2
+        API (sequence_id parameter) as an opaque, versioned, integrity-checked blob. With
+        `release` the sequence is closed on this server (moved). FAILED_PRECONDITION while a
+        chunk of it is in flight. Streams export with StreamClassifyRequest.export_state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSequence(self, request, context):
+        """Open a sequence from an ExportSequence blob (from any replica serving the same model
+        file); the v2 sequence then continues with sequence_start=false. ALREADY_EXISTS if the
+        id is open, FAILED_PRECONDITION if the blob comes from another model file,
+        INVALID_ARGUMENT if it is damaged or unsigned where a state key is required.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SentimentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +143,16 @@ def add_SentimentServicer_to_server(servicer, server):
                     servicer.GetModelMetadata,
                     request_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=rnnserve_dot_v1_dot_sentiment__pb2.ModelMetadata.SerializeToString,
+            ),
+            'ExportSequence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSequence,
+                    request_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceResponse.SerializeToString,
+            ),
+            'ImportSequence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSequence,
+                    request_deserializer=rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceRequest.FromString,
+                    response_serializer=rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +263,60 @@ class Sentiment(object):
             '/rnnserve.v1.Sentiment/GetModelMetadata',
             rnnserve_dot_v1_dot_sentiment__pb2.GetModelMetadataRequest.SerializeToString,
             rnnserve_dot_v1_dot_sentiment__pb2.ModelMetadata.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSequence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.Sentiment/ExportSequence',
+            rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceRequest.SerializeToString,
+            rnnserve_dot_v1_dot_sentiment__pb2.ExportSequenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSequence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnserve.v1.Sentiment/ImportSequence',
+            rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceRequest.SerializeToString,
+            rnnserve_dot_v1_dot_sentiment__pb2.ImportSequenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

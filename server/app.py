@@ -147,9 +147,11 @@ class RnnServer:
 
         self.metrics = start_metrics_server(self.telemetry, host=settings.metrics_host,
                                             port=settings.metrics_port,
-                                            authorize=security.metrics_authorizer(settings))
+                                            authorize=security.metrics_authorizer(settings),
+                                            ssl_context=security.metrics_ssl_context(settings))
         self.metrics_port = self.metrics.port
-        log_event(log, "metrics_listening", host=settings.metrics_host, port=self.metrics_port)
+        log_event(log, "metrics_listening", host=settings.metrics_host, port=self.metrics_port,
+                  scheme=self.metrics.scheme)
 
     def shutdown(self, grace: float | None = None) -> asyncio.Task:
         """Begin the graceful shutdown (idempotent); await the task to wait for it."""

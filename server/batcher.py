@@ -57,6 +57,8 @@ class Prediction:
     logits: np.ndarray
     tokens: int
     label_index: int = 0
+    #: Sequence state snapshot taken right after this chunk, when the chunk asked for one.
+    state: bytes | None = None
 
 
 class BatchRequest:
@@ -357,15 +359,16 @@ class _Chunk:
     """One accepted chunk: ``text`` (tokenized by the worker) or ``ids``; both None for an
     empty final chunk."""
 
-    __slots__ = ("end", "future", "ids", "reset", "text")
+    __slots__ = ("end", "export", "future", "ids", "reset", "text")
 
     def __init__(self, future: asyncio.Future, *, text: str | None, ids: np.ndarray | None,
-                 end: bool, reset: bool) -> None:
+                 end: bool, reset: bool, export: bool = False) -> None:
         self.text = text
         self.ids = ids
         self.future = future
         self.end = end
         self.reset = reset
+        self.export = export
 
     @property
     def empty(self) -> bool:
@@ -380,17 +383,21 @@ class SequenceBatcher:
     left; chunks are answered in the order they were submitted; at most ``max_pending``
     chunks of one sequence wait behind the running one. A chunk that fails closes its
     sequence (its state can no longer be trusted) and fails the chunks queued behind it.
+    A chunk marked ``export`` is answered with a snapshot of the state it left (taken
+    before the next chunk is dispatched, so it is exactly the state after this chunk).
     """
 
     def __init__(self, scheduler: Scheduler, store, labels: Sequence[str], *,
-                 max_pending: int) -> None:
+                 max_pending: int, snapshot: Callable | None = None) -> None:
         self.scheduler = scheduler
         self.store = store
         self.labels = labels
         self.max_pending = max_pending
+        self.snapshot = snapshot
 
     def submit(self, state, future: asyncio.Future, *, text: str | None = None,
-               ids: np.ndarray | None = None, end: bool, reset: bool) -> None:
+               ids: np.ndarray | None = None, end: bool, reset: bool,
+               export: bool = False) -> None:
         """Accept one chunk (``text``, or ``ids``, or neither for an empty final chunk) or
         raise without side effects."""
         if len(state.pending) >= self.max_pending:
@@ -398,7 +405,8 @@ class SequenceBatcher:
                 f"sequence {state.key!r} already has {len(state.pending)} chunks waiting "
                 f"(limit {self.max_pending}); wait for responses before sending more")
         self.scheduler.admit(1)
-        state.pending.append(_Chunk(future, text=text, ids=ids, end=end, reset=reset))
+        state.pending.append(_Chunk(future, text=text, ids=ids, end=end, reset=reset,
+                                    export=export))
         self.store.touch(state)
         if not state.busy:
             self._dispatch(state)
@@ -425,8 +433,9 @@ class SequenceBatcher:
                     _set_exception(chunk.future, _empty_first_chunk(state.key))
                 else:
                     last = state.last
-                    _set_result(chunk.future, Prediction(last.label, last.probabilities,
-                                                         last.logits, 0, last.label_index))
+                    _set_result(chunk.future, Prediction(
+                        last.label, last.probabilities, last.logits, 0, last.label_index,
+                        self._export(state, chunk)))
                 if chunk.end:
                     self.store.close(state, "ended")
                     self._retire(state)
@@ -453,6 +462,9 @@ class SequenceBatcher:
             state.chunks += 1
             prediction = Prediction(self.labels[top], probabilities, logits, row.ids.size, top)
             state.last = prediction
+            if chunk.export:
+                prediction = Prediction(prediction.label, probabilities, logits, row.ids.size,
+                                        top, self._export(state, chunk))
             _set_result(chunk.future, prediction)
             if chunk.end:
                 self.store.close(state, "ended")
@@ -461,6 +473,9 @@ class SequenceBatcher:
         else:
             self.store.touch(state)
             self._dispatch(state)
+
+    def _export(self, state, chunk: _Chunk) -> bytes | None:
+        return self.snapshot(state) if chunk.export and self.snapshot is not None else None
 
     def _retire(self, state) -> None:
         """A closed sequence with no chunk running: fail what is still queued behind its end,

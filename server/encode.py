@@ -88,4 +88,6 @@ class ResponseEncoder:
         parts.append(_string(0x3A, sequence_id))
         if end:
             parts.append(b"\x40\x01")
+        if prediction.state:                # state=9, bytes
+            parts.append(b"\x4a" + varint(len(prediction.state)) + prediction.state)
         return b"".join(parts)

@@ -11,6 +11,9 @@ Invariants:
 - ``classify`` returns Predictions in request order; ``submit_step`` answers a sequence's
   chunks in submission order (futures resolve in that order).
 - Every accepted request reports ``request_finished`` exactly once.
+- A sequence is exported only while idle (no chunk queued or running), so its snapshot is
+  the state after its last answered chunk; an imported sequence continues from exactly the
+  snapshot's state (its first step reads the slot, it is not ``fresh``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from rnnserve.repository import (
 from .batcher import BatchRequest, Prediction, Scheduler, SequenceBatcher
 from .errors import (
     Aborted,
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     ServingError,
@@ -48,9 +52,18 @@ from .errors import (
 )
 from .execution import BatchExecutor, Row
 from .logs import log_event
+from .quota import ANONYMOUS, SequenceQuota
 from .runtime import CostModel, OnnxModel
-from .sequences import SequenceStore
+from .sequences import SequenceState, SequenceStore
 from .settings import ServerSettings
+from .snapshot import (
+    LastPrediction,
+    Snapshot,
+    SnapshotCodec,
+    SnapshotHeader,
+    StateSpec,
+    model_fingerprint,
+)
 from .tokenize import TextEncoder, check_ids, check_texts
 
 __all__ = ["EngineOptions", "ModelEngine", "Prediction"]
@@ -133,7 +146,8 @@ class ModelEngine:
 
     def __init__(self, name: str, version: str, directory: Path,
                  config: model_config_pb2.ModelConfig, settings: ServerSettings,
-                 telemetry=None) -> None:
+                 telemetry=None, *, snapshots: SnapshotCodec | None = None,
+                 quota: SequenceQuota | None = None) -> None:
         self.name = name
         self.version = version
         self.directory = Path(directory)
@@ -168,7 +182,9 @@ class ModelEngine:
             state_count=len(self.metadata.state_names),
             state_shape=self.metadata.state_shape,
             idle_seconds=self.options.sequence_idle_seconds,
-            evict_idle=self.options.evict_idle_sequences, telemetry=telemetry)
+            evict_idle=self.options.evict_idle_sequences, telemetry=telemetry, quota=quota)
+        self.snapshots = snapshots if snapshots is not None else SnapshotCodec()
+        self.fingerprint = ""            # SHA-256 of model.onnx, set by load()
         self.models: list[OnnxModel] = []
         self.cost_model: CostModel | None = None
         self.provider = ""
@@ -189,6 +205,7 @@ class ModelEngine:
         started = time.perf_counter()
         options = self.options
         path = self.directory / ONNX_FILE
+        self.fingerprint = model_fingerprint(path)
         warm = 0.0
         for _ in range(options.instances):
             model = OnnxModel(path, self.metadata, self.settings,
@@ -230,7 +247,8 @@ class ModelEngine:
                                    max_queue_size=options.max_queue_size,
                                    telemetry=self.telemetry, name=self.key)
         self.sequences = SequenceBatcher(self.scheduler, self.store, self.labels,
-                                         max_pending=options.max_pending_chunks)
+                                         max_pending=options.max_pending_chunks,
+                                         snapshot=self._snapshot)
         self.scheduler.start()
         if self.streaming:
             self._expiry = asyncio.get_running_loop().create_task(
@@ -321,7 +339,8 @@ class ModelEngine:
 
     def submit_step(self, sequence_id: Hashable, text: str | None = None, *,
                     ids: np.ndarray | None = None, start: bool = False, end: bool = False,
-                    restart: bool = False, api: str = "text") -> asyncio.Future:
+                    restart: bool = False, api: str = "text", client: str = ANONYMOUS,
+                    export: bool = False) -> asyncio.Future:
         """Accept one chunk of a sequence now; the returned future resolves to the running
         Prediction after it. Raises (without side effects) when the chunk is refused.
 
@@ -329,11 +348,14 @@ class ModelEngine:
         ``start`` opens ``sequence_id`` (ALREADY_EXISTS if open, unless ``restart``, which
         zeroes its state before this chunk); otherwise the sequence must be open
         (NOT_FOUND). ``end`` closes it after this chunk. ``text`` may be empty only with
-        ``end`` on a sequence that has seen text.
+        ``end`` on a sequence that has seen text. ``client`` is charged for a sequence this
+        call opens (per-client quota). With ``export`` the Prediction carries a snapshot of
+        the state after this chunk.
         """
         started = time.perf_counter()
         try:
-            future = self._submit_step(sequence_id, text, ids, start, end, restart)
+            future = self._submit_step(sequence_id, text, ids, start, end, restart, client,
+                                       export)
         except ServingError as exc:
             self._finished(api, "stream", exc.code, started, 1)
             raise
@@ -345,13 +367,10 @@ class ModelEngine:
         return future
 
     def _submit_step(self, sequence_id: Hashable, text: str | None, ids: np.ndarray | None,
-                     start: bool, end: bool, restart: bool) -> asyncio.Future:
+                     start: bool, end: bool, restart: bool, client: str,
+                     export: bool) -> asyncio.Future:
         """The body of ``submit_step``: validate, open or find the sequence, enqueue."""
-        self._check_ready()
-        if not self.streaming:
-            raise FailedPrecondition(
-                f"model {self.key} is bidirectional: it reads every text backwards as well, "
-                "so it cannot run on a stream of chunks; use Classify with the whole text")
+        self._check_streaming()
         if ids is not None:
             ids = check_ids([ids], self.metadata.vocab_size)[0] if len(ids) else None
             text = None
@@ -369,12 +388,13 @@ class ModelEngine:
             if state is not None and restart:
                 reset = True
             else:
-                state = opened = store.open(sequence_id)
+                state = opened = store.open(sequence_id, client)
         else:
             state = store.get(sequence_id)
         future = asyncio.get_running_loop().create_future()
         try:
-            self.sequences.submit(state, future, text=text, ids=ids, end=end, reset=reset)
+            self.sequences.submit(state, future, text=text, ids=ids, end=end, reset=reset,
+                                  export=export)
         except BaseException:
             if opened is not None:
                 store.close(opened, "ended")
@@ -382,10 +402,11 @@ class ModelEngine:
         return future
 
     async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
-                          api: str = "text", restart: bool = False) -> Prediction:
+                          api: str = "text", restart: bool = False,
+                          client: str = ANONYMOUS) -> Prediction:
         """``await submit_step(...)``: the running prediction after this chunk."""
         return await self.submit_step(sequence_id, text, start=start, end=end,
-                                      restart=restart, api=api)
+                                      restart=restart, api=api, client=client)
 
     def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
         """Close ``sequence_id`` now (idempotent): queued chunks fail, state is freed as soon
@@ -395,6 +416,98 @@ class ModelEngine:
             return
         self.sequences.cancel_pending(state, _ended_error(sequence_id))
         self.store.close(state, why)
+
+    def _check_streaming(self) -> None:
+        self._check_ready()
+        if not self.streaming:
+            raise FailedPrecondition(
+                f"model {self.key} is bidirectional: it reads every text backwards as well, "
+                "so it cannot run on a stream of chunks; use Classify with the whole text")
+
+    # -- state snapshots ----------------------------------------------------------------
+
+    def export_sequence(self, sequence_id: Hashable, *, release: bool = False
+                        ) -> tuple[bytes, SequenceState]:
+        """Snapshot of the open, idle sequence ``sequence_id`` (and its table entry). With
+        ``release`` the sequence is closed afterwards (moved), else it stays open."""
+        self._check_streaming()
+        state = self.store.get(sequence_id)
+        if state.busy or state.pending:
+            raise FailedPrecondition(
+                f"sequence {sequence_id!r} has {len(state.pending) + state.busy} chunk(s) "
+                "in flight; export it after their responses arrive")
+        blob = self._snapshot(state)
+        if release:
+            self.store.close(state, "exported")
+        else:
+            self.store.touch(state)
+        return blob, state
+
+    def import_sequence(self, sequence_id: Hashable, snapshot: Snapshot, *,
+                        client: str = ANONYMOUS) -> SequenceState:
+        """Open ``sequence_id`` from a decoded snapshot of this model file. Raises without
+        side effects: FAILED_PRECONDITION for another model, ALREADY_EXISTS if open,
+        RESOURCE_EXHAUSTED when the pool or the client's quota is full."""
+        self._check_streaming()
+        self.check_snapshot(snapshot)
+        if self.store.find(sequence_id) is not None:
+            raise AlreadyExists(f"sequence {sequence_id!r} is already open here; end it "
+                                "first or import under another id")
+        header = snapshot.header
+        state = self.store.open(sequence_id, client)
+        for pool, array in zip(self.store.pool, snapshot.states, strict=True):
+            pool[state.slot] = array
+        state.fresh = False
+        state.tokens = header.tokens
+        state.chunks = header.chunks
+        if header.last is not None:
+            probabilities = np.asarray(header.last.probabilities, dtype=np.float32)
+            logits = np.asarray(header.last.logits, dtype=np.float32)
+            index = header.last.label_index
+            state.last = Prediction(self.labels[index], probabilities, logits, 0, index)
+        if self.telemetry is not None:
+            self.telemetry.sequence_event("imported")
+        return state
+
+    def check_snapshot(self, snapshot: Snapshot) -> None:
+        """FAILED_PRECONDITION unless ``snapshot`` was made by this exact model file."""
+        header = snapshot.header
+        if header.fingerprint != self.fingerprint:
+            raise FailedPrecondition(
+                f"sequence state was exported from model {header.model} version "
+                f"{header.version} (model file sha256 {header.fingerprint[:12]}...), not "
+                f"from {self.key} (sha256 {self.fingerprint[:12]}...); import it where "
+                "that model file is served")
+        expected = [(n, self.metadata.state_shape) for n in self.metadata.state_names]
+        got = [(spec.name, spec.shape) for spec in header.states]
+        if got != expected:
+            raise FailedPrecondition(f"sequence state tensors {got} do not match the model's "
+                                     f"{expected}")
+        last = header.last
+        if last is not None and (last.label_index >= len(self.labels)
+                                 or len(last.logits) != len(self.labels)
+                                 or len(last.probabilities) != len(self.labels)):
+            raise FailedPrecondition("sequence state's last prediction does not match the "
+                                     f"model's {len(self.labels)} labels")
+
+    def _snapshot(self, state: SequenceState) -> bytes:
+        meta = self.metadata
+        if state.fresh:       # restarted (or never stepped): the slot may hold stale values
+            arrays = tuple(np.zeros(meta.state_shape, np.float32) for _ in self.store.pool)
+        else:
+            arrays = tuple(pool[state.slot] for pool in self.store.pool)
+        last = state.last
+        header = SnapshotHeader(
+            model=self.name, version=self.version, fingerprint=self.fingerprint,
+            cell=meta.cell,
+            states=[StateSpec(name=n, shape=meta.state_shape) for n in meta.state_names],
+            tokens=state.tokens, chunks=state.chunks,
+            last=None if last is None else LastPrediction(
+                label_index=int(last.label_index),
+                logits=[float(x) for x in last.logits],
+                probabilities=[float(x) for x in last.probabilities]),
+            created_unix=time.time())
+        return self.snapshots.encode(header, arrays)
 
     # -- description --------------------------------------------------------------------
 

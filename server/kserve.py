@@ -18,6 +18,7 @@ Server shutdown: the app calls ``begin_drain()`` on the servicer ``register`` re
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from importlib import metadata as importlib_metadata
@@ -32,6 +33,7 @@ from .kserve_models import full_shape, served_config, tensor_specs
 from .kserve_registry import ServedModels
 from .kserve_stats import view_statistics
 from .kserve_stream import StreamSession, serve_stream
+from .quota import ANONYMOUS, client_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._version = _server_version()
         self._readers: set[asyncio.Task] = set()
         self._draining = False
+        self._settings_auth = bool(getattr(settings, "auth_enabled", False))
 
     # ------------------------------------------------------------------ health/metadata
 
@@ -133,7 +136,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            return await self._infer(request)
+            return await self._infer(request, self._client(context))
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -145,7 +148,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Independent requests on one stream; see kserve_stream for the ordering rules."""
-        session = StreamSession(self._infer, STREAM_WINDOW)
+        client = self._client(context)
+        session = StreamSession(functools.partial(self._infer, client=client), STREAM_WINDOW)
         async for item in serve_stream(session, request_iterator, context, self._readers,
                                        self._is_draining):
             yield item
@@ -160,7 +164,12 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _is_draining(self) -> bool:
         return self._draining
 
-    async def _infer(self, request) -> service_pb2.ModelInferResponse:
+    def _client(self, context) -> str:
+        """Who is charged for the sequences this call opens (per-client quota)."""
+        return client_of(context, by_token=self._settings_auth)
+
+    async def _infer(self, request, client: str = ANONYMOUS
+                     ) -> service_pb2.ModelInferResponse:
         started = time.perf_counter()
         view, engine = self._models.lookup(request.model_name, request.model_version)
         served = ServedShape(view=view, max_batch_size=self._models.max_batch_size(engine),
@@ -171,12 +180,12 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._models.record_rejected(engine, view=view, code=exc.code,
                                          seconds=time.perf_counter() - started)
             raise
-        predictions = await self._run(engine, parsed)
+        predictions = await self._run(engine, parsed, client)
         return build_response(request, served, str(engine.version), parsed.outputs,
                               predictions)
 
     @staticmethod
-    async def _run(engine, parsed: ParsedRequest):
+    async def _run(engine, parsed: ParsedRequest, client: str = ANONYMOUS):
         """Stateless rows go to ``classify``; a sequence step to ``stream_step``, where a
         start on an open id restarts it (Triton's behaviour for a repeated START)."""
         if parsed.sequence is None:
@@ -184,7 +193,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         control = parsed.sequence
         prediction = await engine.stream_step(
             control.sequence_id, parsed.texts[0], start=control.start, end=control.end,
-            api=API, restart=control.start)
+            api=API, restart=control.start, client=client)
         return [prediction]
 
 

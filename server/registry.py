@@ -6,6 +6,7 @@ Invariants:
 - A repository problem (unreadable config, metadata, labels, tokenizer) fails construction
   with a RepositoryError naming the file; a model that fails to load fails ``load_all``.
 - ``get`` raises NotFound naming what is available, or Unavailable while loading.
+- All engines share one SnapshotCodec (state keys) and one per-client SequenceQuota.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from rnnserve.repository import (
 from .engine import ModelEngine
 from .errors import InvalidArgument, NotFound, Unavailable
 from .logs import log_event
+from .quota import SequenceQuota
 from .settings import ServerSettings
+from .snapshot import SnapshotCodec, load_state_keys
 
 log = logging.getLogger("rnnserve.server.registry")
 
@@ -55,6 +58,9 @@ class ModelRegistry:
         self.repository = Path(settings.repository)
         self._engines: dict[tuple[str, str], ModelEngine] = {}
         self._latest: dict[str, str] = {}
+        key = settings.state_key.get_secret_value() if settings.state_key else None
+        self.snapshots = SnapshotCodec(load_state_keys(key, settings.state_key_file))
+        self.quota = SequenceQuota(settings.max_sequences_per_client)
         names = list_models(self.repository)
         if not names:
             raise RepositoryError(f"model repository {self.repository} holds no model "
@@ -70,7 +76,7 @@ class ModelRegistry:
                     else None
                 self._engines[(name, version)] = ModelEngine(
                     name, version, self.repository / name / version, config, settings,
-                    model_telemetry)
+                    model_telemetry, snapshots=self.snapshots, quota=self.quota)
             self._latest[name] = versions[-1]
         if settings.default_model is not None and settings.default_model not in self._latest:
             raise RepositoryError(f"default model {settings.default_model!r} is not in the "

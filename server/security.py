@@ -11,6 +11,10 @@ What this module gives ``server/app.py`` (and ``server/metrics_http.py``):
 - ``server_options(settings)``: transport limits for ``grpc.aio.server(options=...)``.
 - ``metrics_authorizer(settings)``: the ``authorize(environ)`` hook that
   ``metrics_http.start_metrics_server`` takes, checking the metrics port's bearer token.
+- ``metrics_ssl_context(settings)``: ``None`` (plain HTTP) or a ``ReloadingSSLContext`` for
+  ``metrics_http.start_metrics_server(ssl_context=)``: TLS (mutual TLS when
+  ``metrics_tls_client_ca`` is set) on the metrics port, whose ``current()`` context is
+  rebuilt when the certificate files change, so a rotated Secret needs no restart.
 
 Failed authentication answers UNAUTHENTICATED with one fixed message whatever was wrong
 (missing header, wrong scheme, unknown token, unknown method), so a caller learns nothing
@@ -23,6 +27,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +56,9 @@ MIN_TOKEN_LENGTH = 16
 #: How often (seconds) token files are checked for changes; rotation takes effect within it.
 TOKEN_RELOAD_SECONDS = 1.0
 
+#: How often (seconds) the metrics port's certificate files are checked for changes.
+METRICS_TLS_RELOAD_SECONDS = 1.0
+
 
 class SecuritySettings(BaseSettings):
     """Security settings; every field is optional and everything is off by default."""
@@ -75,6 +83,12 @@ class SecuritySettings(BaseSettings):
     metrics_auth_token: SecretStr | None = None
     #: File of metrics tokens, same format as ``auth_token_file``.
     metrics_auth_token_file: Path | None = None
+    #: PEM server certificate chain for the metrics port; setting it turns on HTTPS there.
+    metrics_tls_cert: Path | None = None
+    #: PEM private key of ``metrics_tls_cert``.
+    metrics_tls_key: Path | None = None
+    #: PEM CA bundle; turns on mutual TLS on the metrics port (scrapers need a cert it signed).
+    metrics_tls_client_ca: Path | None = None
     #: Concurrent RPCs (streams) one client connection may hold open; 0 = gRPC's default.
     grpc_max_concurrent_streams: int = 0
     #: Close connections after this many seconds (GOAWAY) so clients re-resolve and load
@@ -89,6 +103,11 @@ class SecuritySettings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if (self.metrics_tls_cert is None) != (self.metrics_tls_key is None):
+            raise ValueError("metrics_tls_cert and metrics_tls_key must be set together")
+        if self.metrics_tls_client_ca is not None and self.metrics_tls_cert is None:
+            raise ValueError("metrics_tls_client_ca (mutual TLS on the metrics port) needs "
+                             "metrics_tls_cert and metrics_tls_key")
         return self
 
     @property
@@ -330,3 +349,104 @@ def metrics_authorizer(settings: object | None = None) -> Callable[[dict], bool]
         return tokens.check_authorization(environ.get("HTTP_AUTHORIZATION"))
 
     return authorize
+
+
+class ReloadingSSLContext:
+    """The metrics port's server-side TLS context, rebuilt when its files change.
+
+    ``current()`` is called once per connection; it looks at the files' mtime and size at
+    most every ``check_interval`` seconds and, when they changed, builds a new context from
+    them. At start-up (the constructor) a missing, unreadable or invalid file is an error;
+    later such a file (a Secret half-way through an update) keeps the previous context and
+    is retried at the next check.
+    """
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None, *,
+                 check_interval: float = METRICS_TLS_RELOAD_SECONDS) -> None:
+        self.cert = Path(cert)
+        self.key = Path(key)
+        self.client_ca = Path(client_ca) if client_ca is not None else None
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        for name, path in (("metrics_tls_cert", self.cert), ("metrics_tls_key", self.key),
+                           ("metrics_tls_client_ca", self.client_ca)):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ValueError(f"{name}: cannot read {path}")
+        self._stamp = self._stamps()
+        self._context = self._build()
+        self._checked = time.monotonic()
+
+    @property
+    def mutual(self) -> bool:
+        """True when clients must present a certificate signed by ``client_ca``."""
+        return self.client_ca is not None
+
+    def _paths(self) -> list[Path]:
+        return [self.cert, self.key] + ([self.client_ca] if self.client_ca else [])
+
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self._paths():
+            st = path.stat()
+            stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def _build(self) -> ssl.SSLContext:
+        """A fresh context from the files; ValueError (naming the setting) when one is bad."""
+        # Not ssl.create_default_context(Purpose.CLIENT_AUTH): that would also trust the
+        # system CAs for client certificates. Only client_ca may sign a scraper's cert.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_NO_COMPRESSION | getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ValueError(f"metrics_tls_cert/metrics_tls_key: cannot load {self.cert} "
+                             f"with {self.key}: {exc}") from exc
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.client_ca))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"metrics_tls_client_ca: cannot load {self.client_ca}: "
+                                 f"{exc}") from exc
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def current(self) -> ssl.SSLContext:
+        """The context for a new connection (rebuilt first if the files changed)."""
+        now = time.monotonic()
+        if now - self._checked < self.check_interval:
+            return self._context
+        with self._lock:
+            if now - self._checked >= self.check_interval:
+                self._checked = now
+                self._reload()
+            return self._context
+
+    def _reload(self) -> None:
+        try:
+            stamp = self._stamps()
+            if stamp == self._stamp:
+                return
+            context = self._build()
+        except (OSError, ValueError) as exc:  # mid-rotation: keep serving the old pair
+            log.warning("metrics TLS files unusable (%s); keeping the current certificate", exc)
+            return
+        self._stamp = stamp
+        self._context = context
+        log.info("metrics TLS certificate files changed; new connections use the new "
+                 "certificate")
+
+
+def metrics_ssl_context(settings: object | None = None) -> ReloadingSSLContext | None:
+    """TLS for the metrics port (mutual TLS when ``metrics_tls_client_ca`` is set), for
+    ``metrics_http.start_metrics_server(ssl_context=)``; None means plain HTTP.
+
+    The result's ``current()`` is the ``ssl.SSLContext`` to use for the next connection
+    (TLS 1.2 or newer, server side); it follows the certificate files as they are rotated.
+    Raises ValueError when a file is missing, unreadable or not a usable certificate/key/CA.
+    """
+    s = security_settings(settings)
+    if s.metrics_tls_cert is None:
+        return None
+    return ReloadingSSLContext(s.metrics_tls_cert, s.metrics_tls_key, s.metrics_tls_client_ca)

@@ -15,6 +15,8 @@ Invariants (all on the event loop; no locks):
   allocation, and its first step is marked ``fresh`` (runs from zero state, not the slot).
 - A sequence with a chunk in flight or queued is never expired or evicted.
 - Ids are compared exactly (``5`` and ``"5"`` are different sequences).
+- Each open sequence holds one unit of its client's ``SequenceQuota``, taken by ``open`` and
+  given back by the first ``close`` (whatever the reason).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from .errors import AlreadyExists, NotFound, ResourceExhausted
+from .quota import ANONYMOUS, SequenceQuota
 
 #: How many recently expired/ended ids are remembered to explain a NOT_FOUND.
 RECENT_IDS = 4096
@@ -34,11 +37,12 @@ RECENT_IDS = 4096
 class SequenceState:
     """One open sequence (id, slot, pending chunks, running totals)."""
 
-    __slots__ = ("busy", "chunks", "closed", "fresh", "key", "last", "last_used", "pending",
-                 "slot", "tokens")
+    __slots__ = ("busy", "chunks", "client", "closed", "fresh", "key", "last", "last_used",
+                 "pending", "slot", "tokens")
 
-    def __init__(self, key: Hashable, slot: int, now: float) -> None:
+    def __init__(self, key: Hashable, slot: int, now: float, client: str = ANONYMOUS) -> None:
         self.key = key
+        self.client = client
         self.slot = slot
         self.last_used = now
         self.pending: list = []         # chunks accepted but not yet submitted (FIFO)
@@ -54,8 +58,10 @@ class SequenceStore:
     """Table of open sequences over a preallocated state pool."""
 
     def __init__(self, *, capacity: int, state_count: int, state_shape: tuple[int, int],
-                 idle_seconds: float, evict_idle: bool = False, telemetry=None) -> None:
+                 idle_seconds: float, evict_idle: bool = False, telemetry=None,
+                 quota: SequenceQuota | None = None) -> None:
         self.capacity = capacity
+        self.quota = quota if quota is not None else SequenceQuota()
         self.idle_seconds = idle_seconds
         self.evict_idle = evict_idle
         self.telemetry = telemetry
@@ -75,23 +81,26 @@ class SequenceStore:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def open(self, key: Hashable) -> SequenceState:
-        """Open a new sequence; AlreadyExists if ``key`` is open, ResourceExhausted if full."""
+    def open(self, key: Hashable, client: str = ANONYMOUS) -> SequenceState:
+        """Open a new sequence for ``client``; AlreadyExists if ``key`` is open,
+        ResourceExhausted if the pool or the client's quota is full."""
         if key in self._open:
             raise AlreadyExists(f"sequence {key!r} is already open; continue it without start, "
                                 "end it first, or start it with restart to reset its state")
+        self.quota.acquire(client)
         if not self._free:
             self.expire()
         if not self._free and self.evict_idle:
             self._evict_one()
         if not self._free:
+            self.quota.release(client)
             raise ResourceExhausted(
                 f"{self.capacity} sequences are open (the limit); end finished sequences, or "
                 f"wait for idle ones to expire after {self.idle_seconds:g} s")
         slot = self._free.pop()
         for array in self.pool:
             array[slot] = 0.0
-        state = SequenceState(key, slot, time.monotonic())
+        state = SequenceState(key, slot, time.monotonic(), client)
         self._open[key] = state
         self._recent.pop(key, None)
         self._event("started")
@@ -124,10 +133,11 @@ class SequenceStore:
         if state.closed:
             return
         state.closed = True
+        self.quota.release(state.client)
         if self._open.get(state.key) is state:
             del self._open[state.key]
         self._remember(state.key, why)
-        self._event(why if why in ("ended", "expired", "evicted") else "ended")
+        self._event(why if why in ("ended", "expired", "evicted", "exported") else "ended")
         if not state.busy:
             self.release(state)
 
@@ -170,7 +180,9 @@ class SequenceStore:
         self._recent[key] = {"expired": f"expired after {self.idle_seconds:g} s idle",
                              "evicted": "was evicted to make room for a new sequence",
                              "failed": "was closed after an inference failure",
-                             "cancelled": "was cancelled by its client"}.get(why, "was ended")
+                             "cancelled": "was cancelled by its client",
+                             "exported": "was exported and released (resume it from the "
+                                         "snapshot with ImportSequence)"}.get(why, "was ended")
         self._recent.move_to_end(key)
         while len(self._recent) > RECENT_IDS:
             self._recent.popitem(last=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from .security import SecuritySettings
@@ -102,6 +102,15 @@ class ServerSettings(SecuritySettings):
     evict_idle_sequences: bool = Field(False, description="When the pool is full, evict the "
                                        "least recently used idle sequence instead of "
                                        "refusing the new one.")
+    max_sequences_per_client: int = Field(0, ge=0, description="Open sequences one client "
+                                          "(its bearer token, else its peer address) may "
+                                          "hold across all models; 0 = no per-client limit.")
+    state_key: SecretStr | None = Field(None, description="Key(s) that sign exported "
+                                        "sequence state (HMAC-SHA256), comma-separated; "
+                                        "the first signs, all verify. Unset: snapshots "
+                                        "carry a SHA-256 checksum only.")
+    state_key_file: Path | None = Field(None, description="File of state keys, one per "
+                                        "line (``#`` comments), added after state_key.")
 
     # --- operations -------------------------------------------------------------------
     grace_seconds: float = Field(30.0, ge=0, description="Shutdown: longest wait for accepted "

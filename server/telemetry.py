@@ -67,7 +67,8 @@ PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0)
 
 APIS = ("text", "kserve")
 KINDS = ("unary", "stream")
-SEQUENCE_EVENTS = ("started", "ended", "expired", "evicted", "restarted")
+SEQUENCE_EVENTS = ("started", "ended", "expired", "evicted", "restarted", "exported",
+                   "imported")
 PHASES = ("input", "infer", "output")
 _OTHER = "other"
 _OK = grpc.StatusCode.OK
@@ -331,7 +332,7 @@ class ModelTelemetry:
             log.exception("telemetry.rows_executed failed")
 
     def sequence_event(self, event: str) -> None:
-        """Count a sequence lifecycle event: started|ended|expired|evicted|restarted."""
+        """Count a sequence lifecycle event: one of SEQUENCE_EVENTS."""
         try:
             with self._lock:
                 if event in self._events:
@@ -540,7 +541,8 @@ class TelemetryCollector:
             "rnnserve_sequence_state_bytes", "Memory held by open sequences' state.", labels=mv)
         events = CounterMetricFamily(
             "rnnserve_sequence_events",
-            "Sequence lifecycle events (started, ended, expired, evicted, restarted).",
+            "Sequence lifecycle events (started, ended, expired, evicted, restarted, exported, "
+            "imported).",
             labels=mv + ["event"])
         last = GaugeMetricFamily(
             "rnnserve_last_inference_timestamp_seconds",

@@ -9,6 +9,11 @@ Invariants:
 - However a stream ends (end flag, half-close, error, client cancel, shutdown), its
   sequence is ended and its state freed; responses for chunks read before an error or a
   shutdown are sent before the error status.
+- A stream ended by a drain carries its sequence's snapshot in the trailing metadata
+  ``rnnserve-sequence-state-bin`` (taken after the last answered chunk), so the client can
+  resume it on another replica with ``resume_state``.
+- ExportSequence/ImportSequence address only KServe v2 sequence ids (int or str); a
+  stream's server-generated id can never be named by them.
 """
 
 from __future__ import annotations
@@ -20,9 +25,18 @@ from collections.abc import AsyncIterator
 from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
+from .batcher import Prediction
 from .encode import ResponseEncoder
-from .errors import FailedPrecondition, Internal, InvalidArgument, ServingError, Unavailable
+from .errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    Unavailable,
+)
 from .guarded import generic_handler
+from .quota import client_of
 from .registry import ModelRegistry
 from .settings import ServerSettings
 from .wire import decode, decode_all, request_class
@@ -32,6 +46,16 @@ log = logging.getLogger("rnnserve.server.text_api")
 SERVICE = "rnnserve.v1.Sentiment"
 
 _EOF = object()
+
+#: Trailing-metadata key of the snapshot a drained stream ends with.
+STATE_TRAILER = "rnnserve-sequence-state-bin"
+#: Suffix of the KServe name of a model's sequence variant (accepted as an alias here).
+KSERVE_STREAM_SUFFIX = "-stream"
+
+DRAIN_MESSAGE = ("the server is shutting down; chunks answered so far are final, reopen the "
+                 "stream on another replica")
+DRAIN_RESUME_MESSAGE = (DRAIN_MESSAGE + " and send the trailing metadata "
+                        f"'{STATE_TRAILER}' as resume_state to continue this sequence")
 
 
 #: Methods whose handlers return responses already encoded (server/encode.py).
@@ -93,12 +117,57 @@ class SentimentServicer:
         info = engine.describe()
         return pb.ModelMetadata(versions=self.registry.versions(engine.name), **info)
 
+    # -- sequence state -----------------------------------------------------------------
+
+    async def ExportSequence(self, request, context) -> pb.ExportSequenceResponse:
+        try:
+            engine = self._sequence_engine(decode(request.model, "model"),
+                                           decode(request.version, "version"))
+            blob, state = engine.export_sequence(_sequence_key(request),
+                                                 release=request.release)
+        except ServingError as error:
+            await context.abort(error.code, error.message)
+        return pb.ExportSequenceResponse(state=blob, model=engine.name, version=engine.version,
+                                         total_tokens=state.tokens, chunks=state.chunks,
+                                         released=request.release)
+
+    async def ImportSequence(self, request, context) -> pb.ImportSequenceResponse:
+        try:
+            key = _sequence_key(request)
+            snapshot = self.registry.snapshots.decode(bytes(request.state))
+            name = decode(request.model, "model")
+            version = decode(request.version, "version")
+            if not name:
+                name, version = snapshot.header.model, version or snapshot.header.version
+            engine = self._sequence_engine(name, version)
+            state = engine.import_sequence(key, snapshot, client=self._client(context))
+        except ServingError as error:
+            await context.abort(error.code, error.message)
+        response = pb.ImportSequenceResponse(model=engine.name, version=engine.version,
+                                             total_tokens=state.tokens, chunks=state.chunks)
+        if state.last is not None:
+            response.prediction.ParseFromString(self._encoder(engine).prediction(state.last))
+        return response
+
+    def _sequence_engine(self, name: str, version: str):
+        """The engine of ``name`` or of its KServe sequence alias ``<name>-stream``."""
+        try:
+            return self.registry.get(name, version)
+        except NotFound:
+            base = name.removesuffix(KSERVE_STREAM_SUFFIX)
+            if base == name or base not in self.registry.names():
+                raise
+            return self.registry.get(base, version)
+
+    def _client(self, context) -> str:
+        return client_of(context, by_token=bool(getattr(self.settings, "auth_enabled", False)))
+
     # -- streaming ----------------------------------------------------------------------
 
     async def StreamClassify(self, requests: AsyncIterator, context: aio.ServicerContext):
         outbox: asyncio.Queue = asyncio.Queue()
         window = asyncio.Semaphore(self.settings.max_pending_chunks)
-        stream = _Stream()
+        stream = _Stream(self._client(context))
         reader = asyncio.get_running_loop().create_task(
             self._read(requests, outbox, window, stream))
         self._readers.add(reader)
@@ -116,8 +185,10 @@ class SentimentServicer:
                     why = "ended"
                     return
                 if isinstance(entry, ServingError):
+                    if entry is _DRAINED:
+                        await self._abort_drained(context, stream)
                     await context.abort(entry.code, entry.message)
-                future, first, reset, end = entry
+                future, first, reset, end, base = entry
                 try:
                     prediction = await future
                 except ServingError as error:
@@ -125,6 +196,8 @@ class SentimentServicer:
                 window.release()
                 if reset:
                     chunk_index = total_tokens = 0
+                if base is not None:
+                    chunk_index, total_tokens = base
                 if encoder is None:
                     encoder = self._encoder(stream.engine)
                     sequence_id = str(stream.key)
@@ -138,6 +211,20 @@ class SentimentServicer:
             self._readers.discard(reader)
             if stream.engine is not None:
                 stream.engine.end_sequence(stream.key, why=why)
+
+    async def _abort_drained(self, context, stream: _Stream) -> None:
+        """End a drained stream with UNAVAILABLE and, when its sequence is still open and
+        idle, its snapshot in the trailing metadata."""
+        blob = None
+        if stream.engine is not None and not stream.ended:
+            try:
+                blob, _ = stream.engine.export_sequence(stream.key)
+            except ServingError:
+                blob = None
+        if blob is None:
+            await context.abort(_DRAINED.code, DRAIN_MESSAGE)
+        await context.abort(_DRAINED.code, DRAIN_RESUME_MESSAGE,
+                            trailing_metadata=((STATE_TRAILER, blob),))
 
     async def _read(self, requests: AsyncIterator, outbox: asyncio.Queue,
                     window: asyncio.Semaphore, stream: _Stream) -> None:
@@ -158,9 +245,7 @@ class SentimentServicer:
             outbox.put_nowait(_EOF)
         except asyncio.CancelledError:
             if self._draining:
-                outbox.put_nowait(Unavailable(
-                    "the server is shutting down; chunks answered so far are final, reopen "
-                    "the stream on another replica (the sequence state is not kept)"))
+                outbox.put_nowait(_DRAINED)
             raise
 
     def _submit(self, request, stream: _Stream):
@@ -169,6 +254,12 @@ class SentimentServicer:
             raise FailedPrecondition("a chunk arrived after the chunk marked end; the "
                                      "sequence is finished, open a new stream")
         first = stream.engine is None
+        resume = bytes(request.resume_state)
+        if resume and not first:
+            raise InvalidArgument("resume_state is only allowed on the first message of a "
+                                  "stream; open a new stream to resume another sequence")
+        if first and resume:
+            return self._resume(request, stream, text, resume)
         if first:
             stream.engine = self.registry.get(decode(request.model, "model"),
                                               decode(request.version, "version"))
@@ -182,19 +273,70 @@ class SentimentServicer:
                                       "empty (or repeat them)")
         reset = bool(request.reset) and not first
         future = stream.engine.submit_step(stream.key, text, start=first or reset,
-                                           restart=reset, end=request.end, api="text")
+                                           restart=reset, end=request.end, api="text",
+                                           client=stream.client,
+                                           export=bool(request.export_state))
         if request.end:
             stream.ended = True
-        return future, first, reset, bool(request.end)
+        return future, first, reset, bool(request.end), None
+
+    def _resume(self, request, stream: _Stream, text: str, blob: bytes):
+        """First message with resume_state: open the stream's sequence from the snapshot,
+        then run ``text`` (if any) on it."""
+        snapshot = self.registry.snapshots.decode(blob)
+        header = snapshot.header
+        name = decode(request.model, "model")
+        version = decode(request.version, "version")
+        if not name:
+            name, version = header.model, version or header.version
+        blank = not text or text.isspace()
+        if blank and not request.end and header.last is None:
+            raise InvalidArgument("resume_state holds a sequence that has seen no text and "
+                                  "this message has none either; send some text")
+        engine = self.registry.get(name, version)
+        key = engine.new_sequence_id()
+        state = engine.import_sequence(key, snapshot, client=stream.client)
+        stream.engine, stream.key = engine, key
+        if request.end:
+            stream.ended = True
+        if blank and not request.end:      # answer with the restored running prediction
+            future = asyncio.get_running_loop().create_future()
+            last = state.last
+            exported = engine.export_sequence(key)[0] if request.export_state else None
+            future.set_result(Prediction(last.label, last.probabilities, last.logits, 0,
+                                         last.label_index, exported))
+            # the same running prediction again: its chunk_index is the snapshot's last
+            return future, True, False, False, (state.chunks - 1, state.tokens)
+        future = engine.submit_step(key, text, start=False, end=request.end, api="text",
+                                    client=stream.client, export=bool(request.export_state))
+        return future, True, False, bool(request.end), (state.chunks, state.tokens)
 
 
 class _Stream:
-    __slots__ = ("ended", "engine", "key")
+    __slots__ = ("client", "ended", "engine", "key")
 
-    def __init__(self) -> None:
+    def __init__(self, client: str) -> None:
+        self.client = client
         self.engine = None
         self.key = None
         self.ended = False
+
+
+def _sequence_key(request) -> int | str:
+    """The v2 sequence id a SequenceRef names (INVALID_ARGUMENT when unset or empty)."""
+    which = request.sequence.WhichOneof("id")
+    if which == "sequence_id" and request.sequence.sequence_id > 0:
+        return int(request.sequence.sequence_id)
+    if which == "sequence_name":
+        name = decode(request.sequence.sequence_name, "sequence.sequence_name")
+        if name:
+            return name
+    raise InvalidArgument("name the sequence: set sequence.sequence_id (a positive integer) "
+                          "or sequence.sequence_name (a non-empty string), as in the v2 "
+                          "sequence_id parameter")
+
+
+_DRAINED = Unavailable(DRAIN_MESSAGE)
 
 
 def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:

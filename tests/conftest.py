@@ -75,3 +75,13 @@ def offline(tiny_repository):
     from offline import Offline
 
     return {name: Offline(tiny_repository, name) for name in TINY_MODEL_NAMES.values()}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the figures fault tests reported (tests/figures.py), if any ran."""
+    from figures import LINES
+
+    if LINES:
+        terminalreporter.section("rnnserve fault-test figures")
+        for line in LINES:
+            terminalreporter.write_line(line)

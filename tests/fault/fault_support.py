@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import grpc
 import pytest
+from figures import report
 
 #: Slow tests (soak, large fuzz, sustained load) run only with RNNSERVE_SLOW=1.
 slow = pytest.mark.slow
@@ -67,7 +68,7 @@ class StatusTally:
         return "\n".join(lines)
 
     def assert_documented(self) -> None:
-        print("\n" + self.summary())
+        report(self.summary())
         assert not self.bad, self.summary()
 
 

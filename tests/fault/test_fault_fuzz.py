@@ -35,7 +35,8 @@ LSTM, GRU = "tiny-lstm", "tiny-gru"
 RPC_TIMEOUT = 20
 
 # Fast budget: ~1000 cases in all (the slow variant multiplies it).
-FAST = {"classify": 250, "stream": 120, "infer": 300, "stream_infer": 60, "raw": 250}
+FAST = {"classify": 250, "stream": 120, "infer": 300, "stream_infer": 60, "raw": 250,
+        "state": 120}
 SLOW_FACTOR = 8
 
 
@@ -174,6 +175,92 @@ def _wait_zero(read, timeout: float = 10.0) -> bool:
     return bool(poll(lambda: read() == 0, timeout))
 
 
+# -- sequence state (ExportSequence / ImportSequence / resume_state) ----------------------
+
+@st.composite
+def snapshots(draw, valid: bytes):
+    """Mutations of a real snapshot (flipped, cut, extended, spliced) and plain junk."""
+    kind = draw(st.sampled_from(["flip", "cut", "extend", "splice", "junk", "valid", "empty"]))
+    data = bytearray(valid)
+    if kind == "flip":
+        for _ in range(draw(st.integers(1, 4))):
+            index = draw(st.integers(0, len(data) - 1))
+            data[index] ^= draw(st.integers(1, 255))
+    elif kind == "cut":
+        data = data[:draw(st.integers(0, len(data) - 1))]
+    elif kind == "extend":
+        data += draw(st.binary(min_size=1, max_size=64))
+    elif kind == "splice":
+        start = draw(st.integers(0, len(data)))
+        data[start:start + draw(st.integers(0, 40))] = draw(st.binary(max_size=40))
+    elif kind == "junk":
+        data = bytearray(draw(st.binary(max_size=300)))
+    elif kind == "empty":
+        data = bytearray()
+    return bytes(data)
+
+
+def _refs():
+    return st.one_of(st.builds(pb.SequenceRef),
+                     st.builds(lambda i: pb.SequenceRef(sequence_id=i), st.integers(0, 2**64 - 1)),
+                     st.builds(lambda n: pb.SequenceRef(sequence_name=n), st.text(max_size=20)))
+
+
+def test_fuzz_sequence_state(fuzz_server, fuzz_channel):
+    _fuzz_state(fuzz_server, fuzz_channel, FAST["state"])
+
+
+@slow
+@skip_unless_slow
+def test_fuzz_sequence_state_slow(fuzz_server, fuzz_channel):
+    _fuzz_state(fuzz_server, fuzz_channel, FAST["state"] * SLOW_FACTOR)
+
+
+def _fuzz_state(server, channel, examples: int) -> None:
+    stub = sentiment_pb2_grpc.SentimentStub(channel)
+    tally = StatusTally("sequence state fuzz")
+    valid = next(iter(stub.StreamClassify(iter([pb.StreamClassifyRequest(
+        text="a fine film", model=LSTM, export_state=True, end=True)]),
+        timeout=RPC_TIMEOUT))).state
+    strategy = st.tuples(snapshots(valid), _refs(), st.one_of(st.sampled_from(
+        [LSTM, GRU, "", f"{LSTM}-stream"]), names), versions, texts, st.booleans())
+
+    def body(case):
+        blob, ref, model, version, text, release = case
+        tally.case("ImportSequence")
+        code, details, response = code_of(lambda: stub.ImportSequence(pb.ImportSequenceRequest(
+            model=model, version=version, sequence=ref, state=blob), timeout=RPC_TIMEOUT))
+        tally.record("ImportSequence", code, details, case)
+        if code == grpc.StatusCode.OK:
+            assert blob == valid, "a changed snapshot passed the integrity check"
+            assert np.isfinite(response.prediction.logits).all()
+            tally.case("ExportSequence")
+            code, details, _ = code_of(lambda: stub.ExportSequence(
+                pb.ExportSequenceRequest(model=response.model, sequence=ref, release=True),
+                timeout=RPC_TIMEOUT))
+            tally.record("ExportSequence", code, details, case)
+            assert code == grpc.StatusCode.OK, details       # it was just opened
+        tally.case("ExportSequence")
+        code, details, _ = code_of(lambda: stub.ExportSequence(pb.ExportSequenceRequest(
+            model=model, version=version, sequence=ref, release=release),
+            timeout=RPC_TIMEOUT))
+        tally.record("ExportSequence", code, details, case)
+        tally.case("StreamClassify")
+        responses: list = []
+        code, details, _ = code_of(lambda: responses.extend(stub.StreamClassify(iter([
+            pb.StreamClassifyRequest(text=text[:2000], model=model, resume_state=blob,
+                                     export_state=release),
+            pb.StreamClassifyRequest(text="and more", end=True)]), timeout=RPC_TIMEOUT)))
+        tally.record("StreamClassify", code, details, case)
+        for answer in responses:
+            assert np.isfinite(answer.prediction.logits).all()
+
+    _run(strategy, body, examples)
+    for name in (LSTM, GRU):
+        assert _wait_zero(lambda n=name: open_sequences(server, n)), name
+    _after(server, tally)
+
+
 # -- KServe --------------------------------------------------------------------------------
 
 DATATYPES = ["BYTES", "FP32", "INT64", "INT32", "UINT8", "BOOL", "FP16", "STRING", "", "bytes"]
@@ -300,7 +387,8 @@ def _stream_message_status(error_message: str) -> grpc.StatusCode:
 
 # -- raw malformed bytes -------------------------------------------------------------------
 
-UNARY = [TEXT_SERVICE + m for m in ("Classify", "ListModels", "GetModelMetadata")] + [
+UNARY = [TEXT_SERVICE + m for m in ("Classify", "ListModels", "GetModelMetadata",
+                                    "ExportSequence", "ImportSequence")] + [
     KSERVE_SERVICE + m for m in (
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
         "ModelConfig", "ModelStatistics", "RepositoryIndex", "ModelInfer",

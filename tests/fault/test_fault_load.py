@@ -9,6 +9,7 @@ import time
 import grpc
 import numpy as np
 from fault_support import WORDS, admitted, open_sequences, skip_unless_slow, slow
+from figures import report
 from offline import Offline
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
@@ -96,7 +97,7 @@ def test_sustained_load_keeps_batching_and_order(tiny_repository):
             thread.join(timeout=60)
         first = (marks[1][1] - marks[0][1]) / max(1, marks[1][0] - marks[0][0])
         last = (marks[3][1] - marks[2][1]) / max(1, marks[3][0] - marks[2][0])
-        print(f"\n== sustained load {SECONDS} s: {counts} requests/streams, errors "
+        report(f"== sustained load {SECONDS} s: {counts} requests/streams, errors "
               f"{len(errors)}, mean rows per ORT call first third {first:.2f}, last third "
               f"{last:.2f}")
         assert not errors, errors[:10]

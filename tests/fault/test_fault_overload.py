@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 from fault_support import WORDS, admitted, code_of, healthy_classify
+from figures import report
 from offline import Offline
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
@@ -44,7 +45,7 @@ def test_overload_burst_refuses_then_recovers(tiny_repository):
                                             timeout=60) for texts in requests]
             outcomes = [code_of(f.result) for f in futures]
         codes = [code for code, _, _ in outcomes]
-        print(f"\n== overload: {REQUESTS} requests x {TEXTS_PER_REQUEST} texts, queue "
+        report(f"== overload: {REQUESTS} requests x {TEXTS_PER_REQUEST} texts, queue "
               f"{QUEUE}: OK={codes.count(grpc.StatusCode.OK)} RESOURCE_EXHAUSTED="
               f"{codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)} peak admitted="
               f"{peak['admitted']}")

@@ -74,6 +74,8 @@ def _races(repository, iterations: int) -> None:
             engine = server.registry.get(name)
             free = server.run_sync(lambda e=engine: len(e.store._free))
             assert free == engine.store.capacity
+        # every open sequence gave its client's quota unit back exactly once
+        assert server.run_sync(lambda: dict(server.registry.quota.count)) == {}
         _, response = healthy_classify(server, GRU)
         assert response.predictions[0].label
 

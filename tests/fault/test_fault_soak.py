@@ -9,13 +9,14 @@ import time
 
 import grpc
 from fault_support import WORDS, infer_request, skip_unless_slow, slow
+from figures import report
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server
 from tritonclient.grpc import service_pb2_grpc
 
 WARMUP = float(os.environ.get("RNNSERVE_SOAK_WARMUP", "30"))
-SECONDS = float(os.environ.get("RNNSERVE_SOAK_SECONDS", "150"))
+SECONDS = float(os.environ.get("RNNSERVE_SOAK_SECONDS", "270"))     # 5 minutes in all
 
 
 def _rss_kib(pid: int) -> int:
@@ -74,7 +75,7 @@ def test_soak_rss_stays_flat(tiny_repository):
             thread.join(timeout=60)
         after = _rss_kib(pid)
         growth = (after - before) / before
-        print(f"\n== soak {WARMUP:.0f}+{SECONDS:.0f} s: {sent['n']} requests, {len(errors)} "
+        report(f"== soak {WARMUP:.0f}+{SECONDS:.0f} s: {sent['n']} requests, {len(errors)} "
               f"errors, RSS after warm-up {before / 1024:.1f} MiB, end {after / 1024:.1f} MiB "
               f"(max {max(samples) / 1024:.1f}), growth {growth * 100:+.2f} %")
         assert not errors, errors[:10]

@@ -32,13 +32,16 @@ def test_classify_response_bytes(count):
     assert encoder.classify(predictions) == expected.SerializeToString()
 
 
-@pytest.mark.parametrize(("header", "end", "index", "total"),
-                         [(True, False, 1, 3), (False, True, 200, 100_000), (False, False, 0, 0)])
-def test_stream_response_bytes(header, end, index, total):
+@pytest.mark.parametrize(("header", "end", "index", "total", "state"),
+                         [(True, False, 1, 3, None), (False, True, 200, 100_000, b"\x00" * 300),
+                          (False, False, 0, 0, b""), (True, True, 2, 5, b"RNSQ\x01")])
+def test_stream_response_bytes(header, end, index, total, state):
     encoder = ResponseEncoder("m", "1", LABELS)
-    prediction = _prediction(2, 0)
+    base = _prediction(2, 0)
+    prediction = Prediction(base.label, base.probabilities, base.logits, 0, 2, state)
     expected = pb.StreamClassifyResponse(prediction=_message(prediction), chunk_index=index,
-                                         total_tokens=total, sequence_id="stream-9", end=end)
+                                         total_tokens=total, sequence_id="stream-9", end=end,
+                                         state=state or b"")
     if header:
         expected.model, expected.version = "m", "1"
         expected.labels.extend(LABELS)
