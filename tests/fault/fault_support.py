@@ -169,3 +169,36 @@ def healthy_classify(server, model: str, text: str = "a great film", timeout: fl
         started = time.perf_counter()
         response = stub.Classify(pb.ClassifyRequest(texts=[text], model=model), timeout=timeout)
         return time.perf_counter() - started, response
+
+
+def run_workers(count: int, work: Callable[[int], None], failures: list[str]) -> None:
+    """Run ``work(seed)`` in ``count`` threads and wait; an exception escaping ``work`` is
+    appended to ``failures`` (the caller asserts it is empty)."""
+    def guarded(seed: int) -> None:
+        try:
+            work(seed)
+        except Exception as exc:            # noqa: BLE001 - reported through failures
+            failures.append(f"worker {seed}: {exc!r}")
+
+    threads = [threading.Thread(target=guarded, args=(seed,)) for seed in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+
+
+def assert_sequences_released(server, names) -> None:
+    """Every sequence ended or expired: no open sequence, every pool slot free, and every
+    client's quota unit given back exactly once."""
+    for name in names:
+        assert poll(lambda n=name: open_sequences(server, n) == 0, timeout=10), name
+        # a closed sequence's slot returns once its last chunk (maybe of a cancelled call)
+        # has finished running, which may be a moment after its table entry went away
+        assert poll(lambda n=name: free_slots(server, n) == capacity(server, n),
+                    timeout=10), (name, free_slots(server, name))
+    count = server.run_sync(lambda: dict(server.registry.quota.count))
+    assert count == {}, count
+
+
+def capacity(server, name: str) -> int:
+    return server.registry.get(name).store.capacity

@@ -17,11 +17,12 @@ from fault_support import (
     WORDS,
     StatusTally,
     admitted,
+    assert_sequences_released,
     healthy_classify,
     infer_request,
     logits_of,
-    open_sequences,
     poll,
+    run_workers,
     skip_unless_slow,
     slow,
 )
@@ -55,27 +56,12 @@ def _races(repository, iterations: int) -> None:
             with server.channel() as channel:
                 stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
                 for iteration in range(iterations):
-                    try:
-                        _iteration(stub, rng, seed, iteration, offline, tally, failures, lock)
-                    except Exception as exc:            # noqa: BLE001 - reported below
-                        with lock:
-                            failures.append(f"worker {seed}: {exc!r}")
-                        return
+                    _iteration(stub, rng, seed, iteration, offline, tally, failures, lock)
 
-        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=300)
+        run_workers(THREADS, worker, failures)
         tally.assert_documented()
         assert not failures, failures[:10]
-        for name in (LSTM, GRU):      # everything ended or expires; the pool is whole again
-            assert poll(lambda n=name: open_sequences(server, n) == 0, timeout=10), name
-            engine = server.registry.get(name)
-            free = server.run_sync(lambda e=engine: len(e.store._free))
-            assert free == engine.store.capacity
-        # every open sequence gave its client's quota unit back exactly once
-        assert server.run_sync(lambda: dict(server.registry.quota.count)) == {}
+        assert_sequences_released(server, (LSTM, GRU))
         _, response = healthy_classify(server, GRU)
         assert response.predictions[0].label
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import grpc
+import pytest
 from fault_support import WORDS, infer_request, skip_unless_slow, slow
 from figures import report
 from rnnserve.protos import sentiment_pb2 as pb
@@ -29,6 +30,7 @@ def _rss_kib(pid: int) -> int:
 
 @slow
 @skip_unless_slow
+@pytest.mark.timeout(WARMUP + SECONDS + 180)    # beyond the suite's 300 s per-test limit
 def test_soak_rss_stays_flat(tiny_repository):
     errors: list[str] = []
     sent = {"n": 0}
