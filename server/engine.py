@@ -5,8 +5,9 @@ scheduler per model version) and counted once (one ModelTelemetry).
 
 Invariants:
 - Nothing reaches the scheduler unvalidated: texts are non-blank (the worker, which
-  tokenizes each batch's texts together, refuses one that still yields no token), their
-  count is within ``max_texts_per_request``, caller-supplied token ids are in the vocabulary.
+  tokenizes each batch's texts together, refuses one that still yields no token) and at
+  most ``max_text_length`` characters, their count is within ``max_texts_per_request``,
+  caller-supplied token ids are in the vocabulary and at most ``max_text_length`` long.
 - Validation failures leave no side effects (no admitted rows, no opened sequence).
 - ``classify`` returns Predictions in request order; ``submit_step`` answers a sequence's
   chunks in submission order (futures resolve in that order).
@@ -64,7 +65,7 @@ from .snapshot import (
     StateSpec,
     model_fingerprint,
 )
-from .tokenize import TextEncoder, check_ids, check_texts
+from .tokenize import TextEncoder, check_ids, check_texts, too_long
 
 __all__ = ["EngineOptions", "ModelEngine", "Prediction"]
 
@@ -97,6 +98,7 @@ class EngineOptions:
     chunk_length: int
     instances: int
     max_texts_per_request: int
+    max_text_length: int
     max_sequences: int
     sequence_idle_seconds: float
     max_pending_chunks: int
@@ -128,6 +130,7 @@ class EngineOptions:
             chunk_length=chunk,
             instances=instances,
             max_texts_per_request=settings.max_texts_per_request,
+            max_text_length=settings.max_text_length,
             max_sequences=settings.max_sequences,
             sequence_idle_seconds=idle or DEFAULT_IDLE_SECONDS,
             max_pending_chunks=settings.max_pending_chunks,
@@ -286,7 +289,7 @@ class ModelEngine:
         code = grpc.StatusCode.OK
         try:
             self._check_count(len(texts))
-            check_texts(texts)
+            check_texts(texts, self.options.max_text_length)
             scheduler = self.scheduler
             future = asyncio.get_running_loop().create_future()
             request = BatchRequest(future, len(texts), self.labels)
@@ -308,7 +311,7 @@ class ModelEngine:
         code = grpc.StatusCode.OK
         try:
             self._check_count(len(rows))
-            ids = check_ids(rows, self.metadata.vocab_size)
+            ids = check_ids(rows, self.metadata.vocab_size, self.options.max_text_length)
             scheduler = self.scheduler
             future = asyncio.get_running_loop().create_future()
             request = BatchRequest(future, len(ids), self.labels)
@@ -372,10 +375,14 @@ class ModelEngine:
         """The body of ``submit_step``: validate, open or find the sequence, enqueue."""
         self._check_streaming()
         if ids is not None:
-            ids = check_ids([ids], self.metadata.vocab_size)[0] if len(ids) else None
+            ids = check_ids([ids], self.metadata.vocab_size,
+                            self.options.max_text_length)[0] if len(ids) else None
             text = None
         elif not text or text.isspace():
             text = None
+        elif len(text) > self.options.max_text_length:
+            raise InvalidArgument(too_long("the chunk", len(text), self.options.max_text_length,
+                                           "characters"))
         if text is None and ids is None and (start or not end):
             what = "the first chunk" if start else "a chunk without end"
             raise InvalidArgument(f"{what} has no tokens (empty or only whitespace); send "

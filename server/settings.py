@@ -88,6 +88,9 @@ class ServerSettings(SecuritySettings):
                                      "call (longer texts run in chunks with carried state); "
                                      "default config rnnserve.chunk_length, else 256.")
     max_texts_per_request: int = Field(256, ge=1, description="Texts in one Classify call.")
+    max_text_length: int = Field(100_000, ge=1, description="Characters in one text or "
+                                 "stream chunk, and tokens in one pre-tokenized row; longer "
+                                 "ones are refused (INVALID_ARGUMENT) before any work.")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC "
                                    "message received (sent: 4x, responses carry floats).")
 

@@ -47,14 +47,22 @@ class TextEncoder:
         return getattr(self._tokenizer, "encode_batch_fast", self._tokenizer.encode_batch)
 
 
-def check_texts(texts: Sequence[str]) -> None:
+def check_texts(texts: Sequence[str], max_length: int | None = None) -> None:
     """Cheap loop-side validation: no text may be empty or only whitespace (the worker
-    re-checks that every text yields at least one token)."""
+    re-checks that every text yields at least one token), nor longer than ``max_length``
+    characters."""
     for index, text in enumerate(texts):
+        where = f"text {index}" if len(texts) > 1 else "the text"
         if not text or text.isspace():
-            where = f"text {index}" if len(texts) > 1 else "the text"
             what = "is empty" if not text else "has no tokens (only whitespace)"
             raise InvalidArgument(f"{where} {what}; send at least one word")
+        if max_length is not None and len(text) > max_length:
+            raise InvalidArgument(too_long(where, len(text), max_length, "characters"))
+
+
+def too_long(where: str, length: int, limit: int, unit: str) -> str:
+    return (f"{where} is {length:,} {unit} long; at most {limit:,} are allowed "
+            "(max_text_length): split it into chunks of a stream")
 
 
 def no_tokens(index: int, many: bool) -> InvalidArgument:
@@ -63,13 +71,17 @@ def no_tokens(index: int, many: bool) -> InvalidArgument:
                            "drops); send at least one word")
 
 
-def check_ids(rows: Sequence[np.ndarray], vocab_size: int) -> list[np.ndarray]:
-    """Validate caller-supplied token ids (1-D, non-empty, in ``[0, vocab_size)``)."""
+def check_ids(rows: Sequence[np.ndarray], vocab_size: int,
+              max_length: int | None = None) -> list[np.ndarray]:
+    """Validate caller-supplied token ids (1-D, non-empty, at most ``max_length`` long, in
+    ``[0, vocab_size)``)."""
     checked = []
     for index, row in enumerate(rows):
         array = np.asarray(row)
         if array.ndim != 1 or array.size == 0:
             raise InvalidArgument(f"row {index}: token ids must be a non-empty 1-D sequence")
+        if max_length is not None and array.size > max_length:
+            raise InvalidArgument(too_long(f"row {index}", array.size, max_length, "tokens"))
         if not np.issubdtype(array.dtype, np.integer):
             raise InvalidArgument(f"row {index}: token ids must be integers, got {array.dtype}")
         low, high = int(array.min()), int(array.max())

@@ -144,3 +144,45 @@ def test_text_without_tokens_found_by_the_worker(tiny_repository):
                                 pb.ClassifyRequest(texts=["good", "\u2063"], model=LSTM))
         assert code == INVALID and "text 1 has no tokens" in details
         assert stub.Classify(pb.ClassifyRequest(texts=["good"], model=LSTM)).predictions
+
+
+def test_text_length_limit_on_every_entry_point(tiny_repository):
+    """max_text_length caps a Classify text, a stream chunk, a KServe text and a
+    pre-tokenized row; exactly at the limit is accepted."""
+    import numpy as np
+    from rnnserve.server.errors import InvalidArgument
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    limit = 40
+    at_limit, over = "great " * 6 + "fine", "great " * 7
+    assert len(at_limit) <= limit < len(over)
+    with start_server(tiny_repository, max_text_length=limit) as server, \
+            server.channel() as channel:
+        stub = sentiment_pb2_grpc.SentimentStub(channel)
+        assert stub.Classify(pb.ClassifyRequest(texts=[at_limit], model=LSTM), timeout=10)
+        code, details = _status(stub.Classify, pb.ClassifyRequest(
+            texts=["fine", over], model=LSTM), timeout=10)
+        assert code == INVALID and "text 1 is 42 characters long; at most 40" in details
+        code, details = _status(stub.StreamClassify, iter([
+            pb.StreamClassifyRequest(text="fine", model=LSTM),
+            pb.StreamClassifyRequest(text=over)]), timeout=10)
+        assert code == INVALID and "the chunk is 42 characters long" in details
+
+        request = service_pb2.ModelInferRequest(model_name=LSTM)
+        tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=[1, 1])
+        tensor.contents.bytes_contents.append(over.encode())
+        with pytest.raises(grpc.RpcError) as error:
+            service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+        assert error.value.code() == INVALID and "at most 40" in error.value.details()
+
+        engine = server.registry.get(LSTM)
+
+        async def ids(length):
+            try:
+                await engine.classify_ids([np.ones(length, dtype=np.int64)])
+            except InvalidArgument as refused:
+                return refused.message
+            return "ok"
+
+        assert server.call(ids(limit)) == "ok"
+        assert "row 0 is 41 tokens long" in server.call(ids(limit + 1))
