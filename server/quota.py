@@ -19,6 +19,7 @@ import hashlib
 from collections import Counter
 
 from .errors import ResourceExhausted
+from .security import bearer_token
 
 #: Client of calls that carry no identity (in-process use, tests of the engine alone).
 ANONYMOUS = ""
@@ -51,9 +52,9 @@ def client_of(context, *, by_token: bool) -> str:
     (authentication is on), else its peer host."""
     metadata = (context.invocation_metadata() or ()) if by_token else ()
     for key, value in metadata:
-        if key == "authorization" and value:
-            raw = value if isinstance(value, bytes) else value.encode("utf-8", "replace")
-            return "token:" + hashlib.sha256(raw).hexdigest()[:16]
+        token = bearer_token(value) if key == "authorization" else None
+        if token:      # the parsed token: scheme case or spacing cannot make a new identity
+            return "token:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
     peer = context.peer() or ""
     # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path" -> drop the port
     if peer.startswith(("ipv4:", "ipv6:")):

@@ -70,3 +70,7 @@ def test_quota_is_per_token_when_authentication_is_on(tiny_repository):
                                                                  token=TOKEN_A))
         _open(client, LSTM, 2, token=TOKEN_B)     # same address, other token: own quota
         assert len(server.registry.quota.count) == 2
+        # another spelling of the same credentials is the same client
+        with pytest.raises(triton.InferenceServerException) as error:
+            step(client, LSTM, "fine", 3, start=True, authorization=f"bearer  {TOKEN_A}")
+        assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
