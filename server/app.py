@@ -7,7 +7,8 @@ and the API services turn SERVING and a ``ready`` event is logged.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`RnnServer.shutdown`): every health service turns
 NOT_SERVING; after ``drain_delay_seconds`` the server stops accepting RPCs; open streams stop
-reading, flush the answers to chunks already read and end with UNAVAILABLE; every accepted
+reading, flush the answers to chunks already read and end with UNAVAILABLE (a text-API
+stream's trailing metadata carries its sequence snapshot to resume elsewhere); every accepted
 request and chunk finishes; then the workers stop. Whatever is still running when
 ``grace_seconds`` have passed is cancelled. A second signal cancels at once.
 
