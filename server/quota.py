@@ -2,9 +2,9 @@
 
 A client is named by :func:`client_of`: a digest of its bearer token when tokens are
 required (the interceptor has checked it by then; unchecked tokens would let a client pick
-a fresh identity per call), else its peer address without the port (behind a proxy every client looks like the proxy; use
-tokens there). The quota is server-wide, so opening sequences on several models does not
-multiply a client's share.
+a fresh identity per call), else its peer address without the port (behind a proxy every
+client looks like the proxy; use tokens there). The quota is server-wide, so opening
+sequences on several models does not multiply a client's share.
 
 Invariants (event loop only, no locks):
 - ``count[c]`` equals the number of open sequences acquired for ``c`` and not yet released;
