@@ -20,7 +20,6 @@ import asyncio
 import itertools
 import json
 import math
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import grpc
 from rnnserve.bench.procstat import group_cpu_seconds
+from rnnserve.bench.report import emit_json
 from rnnserve.bench.stats import summarize_latencies
 
 #: gRPC options for benchmark channels: no message-size surprises, no reconnect backoff.
@@ -244,11 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run_levels(args.target, workload, levels, count=args.count,
                                      duration=args.duration, warmup=args.warmup,
                                      channels=args.channels, server_pgid=args.server_pgid))
-    text = json.dumps(results, indent=1)
-    if args.json:
-        args.json.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text + "\n")
+    emit_json(results, args.json)
     return 0
 
 

@@ -21,14 +21,13 @@ Run it alone (pinned to a core with ``taskset``) as
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rnnserve.bench.data import load_sentences
+from rnnserve.bench.report import emit_json
 from rnnserve.bench.stats import summarize_latencies
 
 from rnnserve import repository as repo_contract
@@ -254,11 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         providers=args.provider,
     )
     result["data_source"] = source
-    text = json.dumps(result, indent=1)
-    if args.json:
-        args.json.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text + "\n")
+    emit_json(result, args.json)
     return 0
 
 

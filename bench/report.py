@@ -12,12 +12,22 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from rnnserve.bench import targets as tg
 
 PLOTS = ("bench_throughput.png", "bench_latency.png", "bench_chunk_latency.png",
          "bench_streams.png", "bench_raw_sweep.png")
+
+
+def emit_json(result, path: Path | None) -> None:
+    """A measuring tool's result as indented JSON: into ``path``, or on stdout."""
+    text = json.dumps(result, indent=1)
+    if path:
+        path.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text + "\n")
 
 
 def _f(value, digits: int = 0, unit: str = "") -> str:

@@ -23,13 +23,13 @@ import argparse
 import asyncio
 import json
 import math
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import grpc
 from rnnserve.bench.loadgen import CHANNEL_OPTIONS
+from rnnserve.bench.report import emit_json
 from rnnserve.bench.stats import summarize_latencies
 from rnnserve.bench.workloads import STREAM_CLASSIFY
 
@@ -365,11 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 probe=probe, max_chunks=args.position_chunks, duration=args.position_duration)
         return result
 
-    text = json.dumps(asyncio.run(run()), indent=1)
-    if args.json:
-        args.json.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text + "\n")
+    emit_json(asyncio.run(run()), args.json)
     return 0
 
 

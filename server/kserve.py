@@ -136,7 +136,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            return await self._infer(request, self._client(context))
+            return await self._infer(request, context)
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -148,8 +148,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Independent requests on one stream; see kserve_stream for the ordering rules."""
-        client = self._client(context)
-        session = StreamSession(functools.partial(self._infer, client=client), STREAM_WINDOW)
+        session = StreamSession(functools.partial(self._infer, context=context), STREAM_WINDOW)
         async for item in serve_stream(session, request_iterator, context, self._readers,
                                        self._is_draining):
             yield item
@@ -164,12 +163,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _is_draining(self) -> bool:
         return self._draining
 
-    def _client(self, context) -> str:
-        """Who is charged for the sequences this call opens (per-client quota)."""
-        return client_of(context, by_token=self._settings_auth)
-
-    async def _infer(self, request, client: str = ANONYMOUS
-                     ) -> service_pb2.ModelInferResponse:
+    async def _infer(self, request, context=None) -> service_pb2.ModelInferResponse:
+        """One request; ``context`` (None in-process) names who a sequence step charges."""
         started = time.perf_counter()
         view, engine = self._models.lookup(request.model_name, request.model_version)
         served = ServedShape(view=view, max_batch_size=self._models.max_batch_size(engine),
@@ -180,16 +175,18 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._models.record_rejected(engine, view=view, code=exc.code,
                                          seconds=time.perf_counter() - started)
             raise
-        predictions = await self._run(engine, parsed, client)
+        predictions = await self._run(engine, parsed, context)
         return build_response(request, served, str(engine.version), parsed.outputs,
                               predictions)
 
-    @staticmethod
-    async def _run(engine, parsed: ParsedRequest, client: str = ANONYMOUS):
+    async def _run(self, engine, parsed: ParsedRequest, context):
         """Stateless rows go to ``classify``; a sequence step to ``stream_step``, where a
-        start on an open id restarts it (Triton's behaviour for a repeated START)."""
+        start on an open id restarts it (Triton's behaviour for a repeated START). Only a
+        sequence step works out its caller (per-client quota), so stateless calls skip it."""
         if parsed.sequence is None:
             return await engine.classify(parsed.texts, api=API)
+        client = ANONYMOUS if context is None else client_of(context,
+                                                             by_token=self._settings_auth)
         control = parsed.sequence
         prediction = await engine.stream_step(
             control.sequence_id, parsed.texts[0], start=control.start, end=control.end,

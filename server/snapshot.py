@@ -92,10 +92,7 @@ class SnapshotCodec:
     """Encodes and checks snapshots with this server's state keys (none: digest only)."""
 
     def __init__(self, keys: list[bytes] | None = None) -> None:
-        self.keys = list(keys or [])
-        for key in self.keys:
-            if len(key) < MIN_KEY_LENGTH:
-                raise ValueError(f"state keys must be at least {MIN_KEY_LENGTH} characters")
+        self.keys = list(keys or [])      # checked by load_state_keys
 
     @property
     def signed(self) -> bool:

@@ -135,11 +135,7 @@ class SentimentServicer:
         try:
             key = _sequence_key(request)
             snapshot = self.registry.snapshots.decode(bytes(request.state))
-            name = decode(request.model, "model")
-            version = decode(request.version, "version")
-            if not name:
-                name, version = snapshot.header.model, version or snapshot.header.version
-            engine = self._sequence_engine(name, version)
+            engine = self._sequence_engine(*_target(request, snapshot))
             state = engine.import_sequence(key, snapshot, client=self._client(context))
         except ServingError as error:
             await context.abort(error.code, error.message)
@@ -284,16 +280,11 @@ class SentimentServicer:
         """First message with resume_state: open the stream's sequence from the snapshot,
         then run ``text`` (if any) on it."""
         snapshot = self.registry.snapshots.decode(blob)
-        header = snapshot.header
-        name = decode(request.model, "model")
-        version = decode(request.version, "version")
-        if not name:
-            name, version = header.model, version or header.version
         blank = not text or text.isspace()
-        if blank and not request.end and header.last is None:
+        if blank and not request.end and snapshot.header.last is None:
             raise InvalidArgument("resume_state holds a sequence that has seen no text and "
                                   "this message has none either; send some text")
-        engine = self.registry.get(name, version)
+        engine = self.registry.get(*_target(request, snapshot))
         key = engine.new_sequence_id()
         state = engine.import_sequence(key, snapshot, client=stream.client)
         stream.engine, stream.key = engine, key
@@ -320,6 +311,15 @@ class _Stream:
         self.engine = None
         self.key = None
         self.ended = False
+
+
+def _target(request, snapshot) -> tuple[str, str]:
+    """Model and version a snapshot goes to: the request's, else the snapshot's own."""
+    name = decode(request.model, "model")
+    version = decode(request.version, "version")
+    if not name:
+        return snapshot.header.model, version or snapshot.header.version
+    return name, version
 
 
 def _sequence_key(request) -> int | str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import threading
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ from collections.abc import Callable
 import grpc
 import pytest
 from figures import report
+from kserve_wire import raw_bytes, set_parameter
 
 #: Slow tests (soak, large fuzz, sustained load) run only with RNNSERVE_SLOW=1.
 slow = pytest.mark.slow
@@ -98,25 +98,6 @@ def poll(predicate: Callable[[], object], timeout: float = 10.0, interval: float
 
 def identity(data: bytes) -> bytes:
     return data
-
-
-def raw_bytes(items: list[bytes]) -> bytes:
-    """KServe BYTES wire format: per element a 4-byte little-endian length, then the bytes."""
-    return b"".join(struct.pack("<I", len(i)) + i for i in items)
-
-
-def set_parameter(parameter, value) -> None:
-    """An InferParameter from a Python value (bool, int, float, str; ('u', n) for uint64)."""
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, tuple):
-        parameter.uint64_param = value[1]
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value
 
 
 def infer_request(model: str, text: str, *, request_id: str = "", **parameters):

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import tritonclient.grpc as triton
+from kserve_wire import raw_bytes, set_parameter
 from offline import GRU, LSTM, Offline, softmax  # noqa: F401 (re-exported to the tests)
 from tritonclient.grpc import service_pb2
 
@@ -27,10 +28,6 @@ def text_input(texts: list[str]) -> triton.InferInput:
     return tensor
 
 
-def raw_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(i)) + i for i in items)
-
-
 def request(model: str, texts: list[str] | None = None, *, raw: bool = True,
             shape: list[int] | None = None, datatype: str = "BYTES", name: str = "TEXT",
             **parameters) -> service_pb2.ModelInferRequest:
@@ -47,17 +44,6 @@ def request(model: str, texts: list[str] | None = None, *, raw: bool = True,
     for key, value in parameters.items():
         set_parameter(message.parameters[key], value)
     return message
-
-
-def set_parameter(parameter, value) -> None:
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = value
 
 
 def fp32_output(response, name: str) -> np.ndarray:
