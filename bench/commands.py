@@ -15,6 +15,7 @@ import typer
 class Suite(str, Enum):
     quick = "quick"
     full = "full"
+    capacity = "capacity"
 
 
 class Placement(str, Enum):
@@ -24,7 +25,9 @@ class Placement(str, Enum):
 
 
 def bench_command(
-    suite: Annotated[Suite, typer.Option(help="quick: seconds, smoke-test sized; full: docs.")] = (
+    suite: Annotated[Suite, typer.Option(help="quick: seconds, smoke-test sized; full: docs; "
+                                         "capacity: h2load (C client) against --workers "
+                                         "1..N beside the same-sentence raw limit.")] = (
         Suite.quick
     ),
     repository: Annotated[
@@ -61,7 +64,21 @@ def bench_command(
         int | None, typer.Option(help="Run every measured process at this nice value (e.g. "
                                  "-10 as root on a machine shared with background work).")
     ] = None,
+    workers: Annotated[
+        str, typer.Option(help="capacity suite: comma-separated --workers values.")
+    ] = "1,2",
 ) -> None:
+    if suite is Suite.capacity:
+        from rnnserve.bench import capacity
+
+        models = model or []
+        if len(models) != 1:
+            raise typer.BadParameter("the capacity suite measures one --model")
+        argv = ["--repository", str(repository), "--model", models[0], "--workers", workers,
+                "--out", str(out), "--install"]
+        if placement is not None and placement is not Placement.both:
+            argv += ["--placement", placement.value]
+        raise typer.Exit(capacity.main(argv))
     from rnnserve.bench.suite import SuiteOptions, run_suite
 
     options = SuiteOptions.for_suite(

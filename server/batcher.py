@@ -33,32 +33,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import Aborted, Internal, InvalidArgument, ResourceExhausted, ServingError
 from .execution import BatchExecutor, BatchResult, Row
 from .logs import log_event
+from .prediction import Prediction
 
 log = logging.getLogger("rnnserve.server.batcher")
 
 #: How many queued rows (in multiples of max_batch_size) are considered when grouping by length.
 LOOKAHEAD_BATCHES = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One answer: the label, softmax probabilities and logits (float32 [labels], read-only
-    views into the batch's arrays) and the tokens consumed by this text or chunk."""
-
-    label: str
-    probabilities: np.ndarray
-    logits: np.ndarray
-    tokens: int
-    label_index: int = 0
-    #: Sequence state snapshot taken right after this chunk, when the chunk asked for one.
-    state: bytes | None = None
 
 
 class BatchRequest:

@@ -29,6 +29,9 @@ def serve_command(
         show_default=False)] = None,
     host: Annotated[str | None, typer.Option(
         help="Bind address. Default 0.0.0.0.", show_default=False)] = None,
+    workers: Annotated[str | None, typer.Option(
+        help="Front-end processes sharing the port: a number or auto (= CPUs available). "
+             "Default 1 (one process).", show_default=False)] = None,
     default_model: Annotated[str | None, typer.Option(
         help="Model an empty model name selects.", show_default=False)] = None,
     instances: Annotated[int | None, typer.Option(

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .batcher import Prediction
+from .prediction import Prediction
 
 _SMALL = [bytes([n]) for n in range(128)]
 

@@ -24,7 +24,6 @@ import itertools
 import logging
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -41,7 +40,8 @@ from rnnserve.repository import (
     config_parameters,
 )
 
-from .batcher import BatchRequest, Prediction, Scheduler, SequenceBatcher
+from .batcher import BatchRequest, Scheduler, SequenceBatcher
+from .catalog import EngineOptions, ModelEntry, StreamKey
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -53,6 +53,7 @@ from .errors import (
 )
 from .execution import BatchExecutor, Row
 from .logs import log_event
+from .prediction import Prediction, SequenceInfo
 from .quota import ANONYMOUS, SequenceQuota
 from .runtime import CostModel, OnnxModel
 from .sequences import SequenceState, SequenceStore
@@ -71,73 +72,7 @@ __all__ = ["EngineOptions", "ModelEngine", "Prediction"]
 
 log = logging.getLogger("rnnserve.server.engine")
 
-DEFAULT_QUEUE_DELAY_US = 500
-DEFAULT_CHUNK_LENGTH = 256
-DEFAULT_IDLE_SECONDS = 60.0
-
 _stream_ids = itertools.count(1)
-
-
-class StreamKey(tuple):
-    """Server-generated sequence id of a text-API stream; can never equal a client's id."""
-
-    __slots__ = ()
-
-    def __str__(self) -> str:
-        return f"stream-{self[1]}"
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Serving knobs of one model version: settings override config.pbtxt."""
-
-    max_batch_size: int
-    max_queue_delay_s: float
-    adaptive: bool
-    max_queue_size: int
-    chunk_length: int
-    instances: int
-    max_texts_per_request: int
-    max_text_length: int
-    max_sequences: int
-    sequence_idle_seconds: float
-    max_pending_chunks: int
-    evict_idle_sequences: bool
-    warmup: bool
-    length_split: bool
-
-    @classmethod
-    def resolve(cls, config: model_config_pb2.ModelConfig,
-                settings: ServerSettings) -> EngineOptions:
-        params = config_parameters(config)
-        delay_us = settings.max_queue_delay_us
-        if delay_us is None and config.HasField("dynamic_batching"):
-            delay_us = config.dynamic_batching.max_queue_delay_microseconds
-        if delay_us is None and config.sequence_batching.HasField("oldest"):
-            delay_us = config.sequence_batching.oldest.max_queue_delay_microseconds
-        if delay_us is None:
-            delay_us = DEFAULT_QUEUE_DELAY_US
-        idle = settings.sequence_idle_seconds
-        if idle is None and config.sequence_batching.max_sequence_idle_microseconds > 0:
-            idle = config.sequence_batching.max_sequence_idle_microseconds / 1e6
-        chunk = settings.chunk_length or int(params.get("chunk_length") or DEFAULT_CHUNK_LENGTH)
-        instances = settings.instances or sum(g.count for g in config.instance_group) or 1
-        return cls(
-            max_batch_size=settings.max_batch_size or max(1, config.max_batch_size),
-            max_queue_delay_s=delay_us / 1e6,
-            adaptive=settings.adaptive_queue_delay,
-            max_queue_size=settings.max_queue_size,
-            chunk_length=chunk,
-            instances=instances,
-            max_texts_per_request=settings.max_texts_per_request,
-            max_text_length=settings.max_text_length,
-            max_sequences=settings.max_sequences,
-            sequence_idle_seconds=idle or DEFAULT_IDLE_SECONDS,
-            max_pending_chunks=settings.max_pending_chunks,
-            evict_idle_sequences=settings.evict_idle_sequences,
-            warmup=settings.warmup,
-            length_split=settings.length_split,
-        )
 
 
 class ModelEngine:
@@ -283,10 +218,11 @@ class ModelEngine:
 
     # -- stateless ----------------------------------------------------------------------
 
-    async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
-        """Predictions for ``texts`` (1..max_texts_per_request non-empty texts)."""
+    def submit_classify(self, texts: Sequence[str], *, api: str = "text") -> asyncio.Future:
+        """Accept ``texts`` (1..max_texts_per_request non-empty texts) now; the returned
+        future resolves to their Predictions in order. Raises (without side effects) when
+        the request is refused."""
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
         try:
             self._check_count(len(texts))
             check_texts(texts, self.options.max_text_length)
@@ -294,15 +230,18 @@ class ModelEngine:
             future = asyncio.get_running_loop().create_future()
             request = BatchRequest(future, len(texts), self.labels)
             scheduler.admit(len(texts))
-            many = len(texts) > 1
-            for index, text in enumerate(texts):      # tokenized by the worker, batched
-                scheduler.submit(Row(None, request, index, text=text, many=many))
-            return await future
-        except BaseException as exc:
-            code = status_of(exc)
+        except ServingError as exc:
+            self._finished(api, "unary", exc.code, started, len(texts))
             raise
-        finally:
-            self._finished(api, "unary", code, started, len(texts))
+        many = len(texts) > 1
+        for index, text in enumerate(texts):      # tokenized by the worker, batched
+            scheduler.submit(Row(None, request, index, text=text, many=many))
+        self._track(future, api, "unary", started, len(texts))
+        return future
+
+    async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
+        """``await submit_classify(...)``: Predictions for ``texts``, in order."""
+        return await self.submit_classify(texts, api=api)
 
     async def classify_ids(self, rows: Sequence[np.ndarray], *,
                            api: str = "kserve") -> list[Prediction]:
@@ -362,11 +301,7 @@ class ModelEngine:
         except ServingError as exc:
             self._finished(api, "stream", exc.code, started, 1)
             raise
-        if self.telemetry is not None:
-            future.add_done_callback(lambda f: self._finished(
-                api, "stream", grpc.StatusCode.CANCELLED if f.cancelled()
-                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
-                started, 1))
+        self._track(future, api, "stream", started, 1)
         return future
 
     def _submit_step(self, sequence_id: Hashable, text: str | None, ids: np.ndarray | None,
@@ -476,6 +411,18 @@ class ModelEngine:
             self.telemetry.sequence_event("imported")
         return state
 
+    async def export_state(self, sequence_id: Hashable, *, release: bool = False
+                           ) -> tuple[bytes, SequenceInfo]:
+        """``export_sequence`` as the front-end API has it (awaitable, plain data back)."""
+        blob, state = self.export_sequence(sequence_id, release=release)
+        return blob, SequenceInfo(state.tokens, state.chunks, state.last)
+
+    async def import_state(self, sequence_id: Hashable, snapshot: Snapshot, *,
+                           client: str = ANONYMOUS) -> SequenceInfo:
+        """``import_sequence`` as the front-end API has it (awaitable, plain data back)."""
+        state = self.import_sequence(sequence_id, snapshot, client=client)
+        return SequenceInfo(state.tokens, state.chunks, state.last)
+
     def check_snapshot(self, snapshot: Snapshot) -> None:
         """FAILED_PRECONDITION unless ``snapshot`` was made by this exact model file."""
         header = snapshot.header
@@ -518,6 +465,13 @@ class ModelEngine:
 
     # -- description --------------------------------------------------------------------
 
+    def entry(self) -> ModelEntry:
+        """This version as front-end processes see it (server/catalog.py)."""
+        return ModelEntry(name=self.name, version=self.version, labels=tuple(self.labels),
+                          config=self.config.SerializeToString(), options=self.options,
+                          streaming=self.streaming, ready=self.ready, provider=self.provider,
+                          description=self.describe())
+
     def describe(self) -> dict:
         meta = self.metadata
         options = self.options
@@ -533,6 +487,15 @@ class ModelEngine:
             "execution_provider": self.provider,
             "metrics": {**meta.metrics, **meta.validation},
         }
+
+    def _track(self, future: asyncio.Future, api: str, kind: str, started: float,
+               texts: int) -> None:
+        """Report the request when ``future`` settles (cancelled callers included)."""
+        if self.telemetry is not None:
+            future.add_done_callback(lambda f: self._finished(
+                api, kind, grpc.StatusCode.CANCELLED if f.cancelled()
+                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
+                started, texts))
 
     def _finished(self, api: str, kind: str, code, started: float, texts: int) -> None:
         if self.telemetry is not None:

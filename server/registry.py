@@ -5,7 +5,8 @@ Invariants:
   the latest one); an empty version selects the highest loaded version.
 - A repository problem (unreadable config, metadata, labels, tokenizer) fails construction
   with a RepositoryError naming the file; a model that fails to load fails ``load_all``.
-- ``get`` raises NotFound naming what is available, or Unavailable while loading.
+- Lookups follow server/catalog.py's ModelDirectory rule (NotFound naming what is served,
+  Unavailable while loading).
 - All engines share one SnapshotCodec (state keys) and one per-client SequenceQuota.
 """
 
@@ -24,8 +25,8 @@ from rnnserve.repository import (
     read_model_config,
 )
 
+from .catalog import ModelDirectory, ModelEntry
 from .engine import ModelEngine
-from .errors import InvalidArgument, NotFound, Unavailable
 from .logs import log_event
 from .quota import SequenceQuota
 from .settings import ServerSettings
@@ -49,15 +50,14 @@ def served_versions(config, available: list[str]) -> list[str]:
     return available[-max(1, count):]
 
 
-class ModelRegistry:
-    """Engines of all served model versions, keyed by (name, version)."""
+class ModelRegistry(ModelDirectory):
+    """Engines of all served model versions in this process, keyed by (name, version)."""
 
     def __init__(self, settings: ServerSettings, telemetry=None) -> None:
+        super().__init__()
         self.settings = settings
         self.telemetry = telemetry
         self.repository = Path(settings.repository)
-        self._engines: dict[tuple[str, str], ModelEngine] = {}
-        self._latest: dict[str, str] = {}
         key = settings.state_key.get_secret_value() if settings.state_key else None
         self.snapshots = SnapshotCodec(load_state_keys(key, settings.state_key_file))
         self.quota = SequenceQuota(settings.max_sequences_per_client)
@@ -77,11 +77,10 @@ class ModelRegistry:
                 self._engines[(name, version)] = ModelEngine(
                     name, version, self.repository / name / version, config, settings,
                     model_telemetry, snapshots=self.snapshots, quota=self.quota)
-            self._latest[name] = versions[-1]
-        if settings.default_model is not None and settings.default_model not in self._latest:
+        if settings.default_model is not None and settings.default_model not in names:
             raise RepositoryError(f"default model {settings.default_model!r} is not in the "
                                   f"repository (models: {', '.join(names)})")
-        self.default_model = settings.default_model or (names[0] if len(names) == 1 else "")
+        self._index(settings.default_model)
 
     # -- loading ------------------------------------------------------------------------
 
@@ -102,39 +101,8 @@ class ModelRegistry:
     async def close(self, timeout: float | None = None) -> None:
         await asyncio.gather(*(engine.close(timeout) for engine in self._engines.values()))
 
-    # -- lookup -------------------------------------------------------------------------
+    # -- what front-ends need ------------------------------------------------------------
 
-    def engines(self) -> list[ModelEngine]:
-        return list(self._engines.values())
-
-    def names(self) -> list[str]:
-        return list(self._latest)
-
-    def versions(self, name: str) -> list[str]:
-        return [v for (n, v) in self._engines if n == name]
-
-    def latest(self, name: str) -> str:
-        return self._latest[name]
-
-    @property
-    def ready(self) -> bool:
-        return all(engine.ready for engine in self._engines.values())
-
-    def get(self, name: str | None = None, version: str | int | None = None) -> ModelEngine:
-        """The engine for ``name`` (empty: default model) and ``version`` (empty: latest)."""
-        if not name:
-            if not self.default_model:
-                raise InvalidArgument("no model named and the server has no default model; "
-                                      f"choose one of: {', '.join(self._latest)}")
-            name = self.default_model
-        if name not in self._latest:
-            raise NotFound(f"model {name!r} is not served here; available: "
-                           f"{', '.join(self._latest)}")
-        version = str(version) if version not in (None, "", 0, "0") else self._latest[name]
-        engine = self._engines.get((name, version))
-        if engine is None:
-            raise NotFound(f"model {name!r} has no version {version!r}; served versions: "
-                           f"{', '.join(self.versions(name))}")
-        if not engine.ready:
-            raise Unavailable(f"model {name} version {version} is not ready yet; retry shortly")
-        return engine
+    def entries(self) -> list[ModelEntry]:
+        """Every served version as plain data (sent to front-end processes)."""
+        return [engine.entry() for engine in self._engines.values()]

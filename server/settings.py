@@ -48,6 +48,12 @@ class ServerSettings(SecuritySettings):
                                   "the telemetry hooks no-ops (KServe statistics stay exact).")
     default_model: str | None = Field(None, description="Model an empty model name selects; "
                                       "default: the only model, if there is exactly one.")
+    workers: int | Literal["auto"] = Field(1, description="Front-end processes (gRPC, "
+                                           "validation, responses) sharing the port; auto = "
+                                           "the CPUs available. 1 = one process serves "
+                                           "everything; above 1 one engine process does the "
+                                           "batching, sequence state and ONNX Runtime for "
+                                           "all of them (docs/architecture.md).")
 
     # --- ONNX Runtime -----------------------------------------------------------------
     device: Device = Field("auto", description="auto: CUDA if usable, else CPU (one log line "
@@ -124,6 +130,13 @@ class ServerSettings(SecuritySettings):
     log_format: LogFormat = Field("json", description="json or kv (key=value), one line per "
                                   "event.")
     log_level: str = Field("INFO", description="Python logging level name.")
+
+    @field_validator("workers")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if value != "auto" and int(value) < 1:
+            raise ValueError("workers must be at least 1, or auto")
+        return value
 
     @field_validator("log_level")
     @classmethod

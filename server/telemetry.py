@@ -600,7 +600,8 @@ class ServerTelemetry:
     keeps working because KServe statistics are part of the protocol.
     """
 
-    def __init__(self, *, enabled: bool = True, process_metrics: bool = True) -> None:
+    def __init__(self, *, enabled: bool = True, process_metrics: bool = True,
+                 multiprocess_dir=None) -> None:
         self.enabled = enabled
         self.registry = CollectorRegistry(auto_describe=False)
         self._models: dict[tuple[str, str], ModelTelemetry] = {}
@@ -633,3 +634,11 @@ class ServerTelemetry:
     def exposition(self) -> bytes:
         """The text exposition format of this server's registry (what /metrics serves)."""
         return generate_latest(self.registry)
+
+
+def prepare_multiprocess_dir(path) -> None:
+    """Placeholder until the multiprocess telemetry lands."""
+
+
+def mark_process_dead(pid: int, path) -> None:
+    """Placeholder until the multiprocess telemetry lands."""

@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator
 from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
-from .batcher import Prediction
 from .encode import ResponseEncoder
 from .errors import (
     FailedPrecondition,
@@ -36,8 +35,8 @@ from .errors import (
     Unavailable,
 )
 from .guarded import generic_handler
+from .prediction import Prediction
 from .quota import client_of
-from .registry import ModelRegistry
 from .settings import ServerSettings
 from .wire import decode, decode_all, request_class
 
@@ -69,7 +68,8 @@ def _passthrough(data: bytes) -> bytes:
 class SentimentServicer:
     """Text-level API over the registry's engines."""
 
-    def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
+    def __init__(self, registry, settings: ServerSettings) -> None:
+        """``registry``: this process's ModelRegistry or a front-end's RemoteRegistry."""
         self.registry = registry
         self.settings = settings
         self._readers: set[asyncio.Task] = set()
@@ -123,8 +123,8 @@ class SentimentServicer:
         try:
             engine = self._sequence_engine(decode(request.model, "model"),
                                            decode(request.version, "version"))
-            blob, state = engine.export_sequence(_sequence_key(request),
-                                                 release=request.release)
+            blob, state = await engine.export_state(_sequence_key(request),
+                                                    release=request.release)
         except ServingError as error:
             await context.abort(error.code, error.message)
         return pb.ExportSequenceResponse(state=blob, model=engine.name, version=engine.version,
@@ -136,7 +136,7 @@ class SentimentServicer:
             key = _sequence_key(request)
             snapshot = self.registry.snapshots.decode(bytes(request.state))
             engine = self._sequence_engine(*_target(request, snapshot))
-            state = engine.import_sequence(key, snapshot, client=self._client(context))
+            state = await engine.import_state(key, snapshot, client=self._client(context))
         except ServingError as error:
             await context.abort(error.code, error.message)
         response = pb.ImportSequenceResponse(model=engine.name, version=engine.version,
@@ -214,7 +214,7 @@ class SentimentServicer:
         blob = None
         if stream.engine is not None and not stream.ended:
             try:
-                blob, _ = stream.engine.export_sequence(stream.key)
+                blob, _ = await stream.engine.export_state(stream.key)
             except ServingError:
                 blob = None
         if blob is None:
@@ -229,7 +229,7 @@ class SentimentServicer:
             async for request in requests:
                 await window.acquire()
                 try:
-                    outbox.put_nowait(self._submit(request, stream))
+                    outbox.put_nowait(await self._submit(request, stream))
                 except ServingError as error:
                     outbox.put_nowait(error)
                     return
@@ -244,7 +244,7 @@ class SentimentServicer:
                 outbox.put_nowait(_DRAINED)
             raise
 
-    def _submit(self, request, stream: _Stream):
+    async def _submit(self, request, stream: _Stream):
         text = decode(request.text, "text")
         if stream.ended:
             raise FailedPrecondition("a chunk arrived after the chunk marked end; the "
@@ -255,7 +255,7 @@ class SentimentServicer:
             raise InvalidArgument("resume_state is only allowed on the first message of a "
                                   "stream; open a new stream to resume another sequence")
         if first and resume:
-            return self._resume(request, stream, text, resume)
+            return await self._resume(request, stream, text, resume)
         if first:
             stream.engine = self.registry.get(decode(request.model, "model"),
                                               decode(request.version, "version"))
@@ -276,7 +276,7 @@ class SentimentServicer:
             stream.ended = True
         return future, first, reset, bool(request.end), None
 
-    def _resume(self, request, stream: _Stream, text: str, blob: bytes):
+    async def _resume(self, request, stream: _Stream, text: str, blob: bytes):
         """First message with resume_state: open the stream's sequence from the snapshot,
         then run ``text`` (if any) on it."""
         snapshot = self.registry.snapshots.decode(blob)
@@ -286,14 +286,14 @@ class SentimentServicer:
                                   "this message has none either; send some text")
         engine = self.registry.get(*_target(request, snapshot))
         key = engine.new_sequence_id()
-        state = engine.import_sequence(key, snapshot, client=stream.client)
-        stream.engine, stream.key = engine, key
+        stream.engine, stream.key = engine, key    # set first: a cancel mid-import ends it
+        state = await engine.import_state(key, snapshot, client=stream.client)
         if request.end:
             stream.ended = True
         if blank and not request.end:      # answer with the restored running prediction
             future = asyncio.get_running_loop().create_future()
             last = state.last
-            exported = engine.export_sequence(key)[0] if request.export_state else None
+            exported = (await engine.export_state(key))[0] if request.export_state else None
             future.set_result(Prediction(last.label, last.probabilities, last.logits, 0,
                                          last.label_index, exported))
             # the same running prediction again: its chunk_index is the snapshot's last

@@ -1,0 +1,162 @@
+"""Which model versions a server offers, and how a request's (model, version) finds one.
+
+:class:`ModelDirectory` is the one lookup rule of the server (empty model: the default
+model; empty version: the latest served version; NOT_FOUND names what is served;
+UNAVAILABLE while a version is not ready). Two directories use it: the engine process's
+``ModelRegistry`` (server/registry.py, engines in this process) and a front-end process's
+``RemoteRegistry`` (server/remote.py, engines in the engine process).
+
+:class:`ModelEntry` is what a front-end needs to know about one version to answer every
+RPC but inference itself: labels, the repository ModelConfig, the effective serving
+options, the description GetModelMetadata returns and whether it is ready. It is plain data
+(it crosses process boundaries, server/ipc.py).
+
+Invariant: a directory's ``_latest[name]`` is the highest version of ``name`` it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2
+
+from rnnserve.repository import config_parameters
+
+from .errors import InvalidArgument, NotFound, Unavailable
+from .settings import ServerSettings
+
+DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_CHUNK_LENGTH = 256
+DEFAULT_IDLE_SECONDS = 60.0
+
+
+class StreamKey(tuple):
+    """Server-generated sequence id of a text-API stream; can never equal a client's id."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return f"stream-{self[1]}"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Serving knobs of one model version: settings override config.pbtxt."""
+
+    max_batch_size: int
+    max_queue_delay_s: float
+    adaptive: bool
+    max_queue_size: int
+    chunk_length: int
+    instances: int
+    max_texts_per_request: int
+    max_text_length: int
+    max_sequences: int
+    sequence_idle_seconds: float
+    max_pending_chunks: int
+    evict_idle_sequences: bool
+    warmup: bool
+    length_split: bool
+
+    @classmethod
+    def resolve(cls, config: model_config_pb2.ModelConfig,
+                settings: ServerSettings) -> EngineOptions:
+        params = config_parameters(config)
+        delay_us = settings.max_queue_delay_us
+        if delay_us is None and config.HasField("dynamic_batching"):
+            delay_us = config.dynamic_batching.max_queue_delay_microseconds
+        if delay_us is None and config.sequence_batching.HasField("oldest"):
+            delay_us = config.sequence_batching.oldest.max_queue_delay_microseconds
+        if delay_us is None:
+            delay_us = DEFAULT_QUEUE_DELAY_US
+        idle = settings.sequence_idle_seconds
+        if idle is None and config.sequence_batching.max_sequence_idle_microseconds > 0:
+            idle = config.sequence_batching.max_sequence_idle_microseconds / 1e6
+        chunk = settings.chunk_length or int(params.get("chunk_length") or DEFAULT_CHUNK_LENGTH)
+        instances = settings.instances or sum(g.count for g in config.instance_group) or 1
+        return cls(
+            max_batch_size=settings.max_batch_size or max(1, config.max_batch_size),
+            max_queue_delay_s=delay_us / 1e6,
+            adaptive=settings.adaptive_queue_delay,
+            max_queue_size=settings.max_queue_size,
+            chunk_length=chunk,
+            instances=instances,
+            max_texts_per_request=settings.max_texts_per_request,
+            max_text_length=settings.max_text_length,
+            max_sequences=settings.max_sequences,
+            sequence_idle_seconds=idle or DEFAULT_IDLE_SECONDS,
+            max_pending_chunks=settings.max_pending_chunks,
+            evict_idle_sequences=settings.evict_idle_sequences,
+            warmup=settings.warmup,
+            length_split=settings.length_split,
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One served model version, as the engine describes it to front-ends."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    config: bytes                 # tritonclient ModelConfig, serialized
+    options: EngineOptions        # effective serving knobs
+    streaming: bool
+    ready: bool
+    provider: str
+    description: dict             # GetModelMetadata fields (ModelEngine.describe())
+
+
+class ModelDirectory:
+    """Served engines keyed by (name, version), with the server's lookup rule."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[str, str], Any] = {}
+        self._latest: dict[str, str] = {}
+        self.default_model = ""
+
+    def _index(self, default_model: str | None) -> None:
+        """Recompute latest versions and the default model from ``_engines``."""
+        latest: dict[str, str] = {}
+        for name, version in self._engines:
+            if name not in latest or int(version) > int(latest[name]):
+                latest[name] = version
+        self._latest = dict(sorted(latest.items()))
+        names = list(self._latest)
+        self.default_model = default_model or (names[0] if len(names) == 1 else "")
+
+    def engines(self) -> list:
+        return list(self._engines.values())
+
+    def names(self) -> list[str]:
+        return list(self._latest)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted((v for (n, v) in self._engines if n == name), key=int)
+
+    def latest(self, name: str) -> str:
+        return self._latest[name]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._engines) and all(engine.ready for engine in self._engines.values())
+
+    def get(self, name: str | None = None, version: str | int | None = None):
+        """The engine for ``name`` (empty: default model) and ``version`` (empty: latest)."""
+        if not name:
+            if not self.default_model:
+                raise InvalidArgument("no model named and the server has no default model; "
+                                      f"choose one of: {', '.join(self._latest)}")
+            name = self.default_model
+        if name not in self._latest:
+            raise NotFound(f"model {name!r} is not served here; available: "
+                           f"{', '.join(self._latest)}")
+        version = str(version) if version not in (None, "", 0, "0") else self._latest[name]
+        engine = self._engines.get((name, version))
+        if engine is None:
+            raise NotFound(f"model {name!r} has no version {version!r}; served versions: "
+                           f"{', '.join(self.versions(name))}")
+        if not engine.ready:
+            raise Unavailable(f"model {name} version {version} is not ready yet; retry shortly")
+        return engine
