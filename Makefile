@@ -24,9 +24,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-run
 install-dev: $(VENV)/.installed-dev
 
-# Debian's Prometheus (metrics tests) and perf_analyzer (KServe v2 tests); both idempotent.
+# Debian's Prometheus (metrics tests), h2load (capacity bench) and perf_analyzer (KServe v2
+# tests); all idempotent.
 system-deps:
 	bash .ci/install-prometheus.sh
+	bash .ci/install-h2load.sh
 	bash bench/perf_analyzer.sh --install-only
 
 demo: install

@@ -145,10 +145,11 @@ def grpc_status_sample(port: int, data: Path, samples: int = 5) -> list[str]:
     return statuses
 
 
-def server_argv(repository: Path, port: int, metrics_port: int, workers: int) -> list[str]:
+def server_argv(repository: Path, port: int, metrics_port: int, workers: int,
+                device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
             "--port", str(port), "--metrics-port", str(metrics_port), "--workers",
-            str(workers), "--intra-op-threads", "1", "--log-format", "kv"]
+            str(workers), "--intra-op-threads", "1", "--device", device, "--log-format", "kv"]
 
 
 def non_ok_requests(metrics_port: int) -> int:
@@ -162,10 +163,10 @@ def non_ok_requests(metrics_port: int) -> int:
 
 def measure_server(repository: Path, model: str, data: Path, *, workers: int,
                    concurrencies: list[int], requests: int, server_cpus: str | None,
-                   client_cpus: str | None, out: Path) -> dict:
+                   client_cpus: str | None, out: Path, device: str = "cpu") -> dict:
     port, metrics_port = free_port(), free_port()
     server = ServerProcess(f"rnnserve-w{workers}",
-                           server_argv(repository, port, metrics_port, workers),
+                           server_argv(repository, port, metrics_port, workers, device),
                            out / f"server-w{workers}.log", port, cpus=server_cpus)
     rows = []
     with server.start([model]):
@@ -193,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--placement", default="pinned,unpinned")
     parser.add_argument("--concurrency", default="64,256")
-    parser.add_argument("--requests", type=int, default=30000)
+    parser.add_argument("--requests", type=int,
+                        default=int(os.environ.get("RNNSERVE_CAPACITY_REQUESTS", "30000")))
     parser.add_argument("--sentence", default=SENTENCE)
     parser.add_argument("--out", type=Path, default=Path("bench-results/capacity"))
+    parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda)")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw req/s vs workers")
     parser.add_argument("--install", action="store_true", help="apt-get install h2load")
     args = parser.parse_args(argv)
     ensure_tools(args.install)
@@ -215,12 +219,42 @@ def main(argv: list[str] | None = None) -> int:
                 args.repository, args.model, data, workers=workers,
                 concurrencies=[int(c) for c in args.concurrency.split(",")],
                 requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
-                out=args.out))
+                out=args.out, device=args.device))
             print(json.dumps(entry["servers"][-1]), flush=True)
         results["placements"][placement] = entry
     (args.out / "capacity.json").write_text(json.dumps(results, indent=2))
     print(report(results))
+    if args.plot is not None:
+        plot(results, args.plot)
     return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    """req/s and server CPU µs per request against --workers, per placement and concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rate, cost) = plt.subplots(1, 2, figsize=(10, 4))
+    for placement, entry in results["placements"].items():
+        concurrencies = sorted({run["concurrency"] for s in entry["servers"] for run in s["runs"]})
+        for concurrency in concurrencies:
+            points = [(s["workers"], run) for s in entry["servers"] for run in s["runs"]
+                      if run["concurrency"] == concurrency]
+            label = f"{placement}, c={concurrency}"
+            rate.plot([w for w, _ in points], [r["req_s"] for _, r in points], "o-", label=label)
+            cost.plot([w for w, _ in points], [r["server_cpu_us_per_request"] for _, r in points],
+                      "o-", label=label)
+        rate.axhline(entry["raw_limit_one_core"]["sentences_per_s"], linestyle=":",
+                     color="grey", label=f"raw tokenize+ORT, 1 core ({placement})")
+    rate.set(xlabel="--workers", ylabel="requests/s (h2load)", title="Classify capacity")
+    cost.set(xlabel="--workers", ylabel="server CPU µs / request", title="Cost per request")
+    for axis in (rate, cost):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def _raw_limit_subprocess(args, cpus: str | None) -> dict:
