@@ -71,18 +71,22 @@ class Channel(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        offset, size = 0, len(buffer)
+        if self._buffer:                    # the rest of a frame that began in a past read
+            self._buffer += data
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        view = memoryview(data)
+        offset, size = 0, len(data)
         while size - offset >= 4:
-            (length,) = _LENGTH.unpack_from(buffer, offset)
-            if size - offset - 4 < length:
+            (length,) = _LENGTH.unpack_from(data, offset)
+            end = offset + 4 + length
+            if end > size:
                 break
-            start = offset + 4
-            message = pickle.loads(memoryview(buffer)[start:start + length])
-            offset = start + length
+            message = pickle.loads(view[offset + 4:end])
+            offset = end
             self._on_message(message)
-        del buffer[:offset]
+        if offset < size:
+            self._buffer += view[offset:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
