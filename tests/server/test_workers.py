@@ -7,10 +7,12 @@ process holds which connection), and every answer is compared with the offline r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -331,3 +333,38 @@ def _epoch(ts: str) -> float:
 
     whole, millis = ts.rstrip("Z").split(".")
     return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + int(millis) / 1000
+
+
+def test_health_is_not_serving_before_the_engine_is_warm(tiny_repository):
+    from rnnserve.bench.procs import free_port
+
+    port = free_port()
+    env = {**os.environ, "RNNSERVE_REPOSITORY": str(tiny_repository), "RNNSERVE_PORT": str(port),
+           "RNNSERVE_HOST": "127.0.0.1", "RNNSERVE_METRICS_PORT": "-1",
+           "RNNSERVE_WORKERS": "2", "RNNSERVE_LOG_FORMAT": "json"}
+    process = subprocess.Popen([sys.executable, "-m", "rnnserve.server"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    seen: list[tuple[float, int | None]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = _health(f"127.0.0.1:{port}")
+            seen.append((time.time(), status))
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        assert seen[-1][1] == health_pb2.HealthCheckResponse.SERVING, seen[-5:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        reader.join(10)
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    loaded = [_epoch(e["ts"]) for e in events if e.get("event") == "model_loaded"]
+    assert len(loaded) == 2
+    first_serving = next(t for t, status in seen if status == health_pb2.HealthCheckResponse.SERVING)
+    # log timestamps have millisecond resolution
+    assert first_serving >= max(loaded) - 0.002, (first_serving, loaded)
+    assert all(status != health_pb2.HealthCheckResponse.SERVING
+               for t, status in seen if t < max(loaded) - 0.002)
