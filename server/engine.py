@@ -11,7 +11,8 @@ Invariants:
 - Validation failures leave no side effects (no admitted rows, no opened sequence).
 - ``classify`` returns Predictions in request order; ``submit_step`` answers a sequence's
   chunks in submission order (futures resolve in that order).
-- Every accepted request reports ``request_finished`` exactly once.
+- Every request reports ``request_finished`` exactly once (here, or where ``api`` None
+  says the caller does: server/accounting.py).
 - A sequence is exported only while idle (no chunk queued or running), so its snapshot is
   the state after its last answered chunk; an imported sequence continues from exactly the
   snapshot's state (its first step reads the slot, it is not ``fresh``).
@@ -40,6 +41,7 @@ from rnnserve.repository import (
     config_parameters,
 )
 
+from .accounting import report, report_when_settled
 from .batcher import BatchRequest, Scheduler, SequenceBatcher
 from .catalog import EngineOptions, ModelEntry, StreamKey
 from .errors import (
@@ -218,10 +220,12 @@ class ModelEngine:
 
     # -- stateless ----------------------------------------------------------------------
 
-    def submit_classify(self, texts: Sequence[str], *, api: str = "text") -> asyncio.Future:
+    def submit_classify(self, texts: Sequence[str], *, api: str | None = "text"
+                        ) -> asyncio.Future:
         """Accept ``texts`` (1..max_texts_per_request non-empty texts) now; the returned
         future resolves to their Predictions in order. Raises (without side effects) when
-        the request is refused."""
+        the request is refused. ``api`` None: the caller reports the request
+        (server/accounting.py), not the engine."""
         started = time.perf_counter()
         try:
             self._check_count(len(texts))
@@ -281,7 +285,7 @@ class ModelEngine:
 
     def submit_step(self, sequence_id: Hashable, text: str | None = None, *,
                     ids: np.ndarray | None = None, start: bool = False, end: bool = False,
-                    restart: bool = False, api: str = "text", client: str = ANONYMOUS,
+                    restart: bool = False, api: str | None = "text", client: str = ANONYMOUS,
                     export: bool = False) -> asyncio.Future:
         """Accept one chunk of a sequence now; the returned future resolves to the running
         Prediction after it. Raises (without side effects) when the chunk is refused.
@@ -488,19 +492,15 @@ class ModelEngine:
             "metrics": {**meta.metrics, **meta.validation},
         }
 
-    def _track(self, future: asyncio.Future, api: str, kind: str, started: float,
+    def _track(self, future: asyncio.Future, api: str | None, kind: str, started: float,
                texts: int) -> None:
-        """Report the request when ``future`` settles (cancelled callers included)."""
-        if self.telemetry is not None:
-            future.add_done_callback(lambda f: self._finished(
-                api, kind, grpc.StatusCode.CANCELLED if f.cancelled()
-                else (status_of(f.exception()) if f.exception() else grpc.StatusCode.OK),
-                started, texts))
+        if api is not None:
+            report_when_settled(self.telemetry, future, api=api, kind=kind, started=started,
+                                texts=texts)
 
-    def _finished(self, api: str, kind: str, code, started: float, texts: int) -> None:
-        if self.telemetry is not None:
-            self.telemetry.request_finished(api=api, kind=kind, code=code,
-                                            seconds=time.perf_counter() - started, texts=texts)
+    def _finished(self, api: str | None, kind: str, code, started: float, texts: int) -> None:
+        if api is not None:
+            report(self.telemetry, api=api, kind=kind, code=code, started=started, texts=texts)
 
 
 def _ended_error(sequence_id) -> Aborted:

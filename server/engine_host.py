@@ -7,9 +7,9 @@ request id is 0:
 =========  ==========================================================  ===================
 kind       arguments after the request id                              ``ok`` payload
 =========  ==========================================================  ===================
-classify   model, version, texts, api                                  [prediction, ...]
+classify   model, version, texts                                       [prediction, ...]
 step       model, version, key, text, start, end, restart, client,     prediction
-           export, api
+           export
 end        model, version, key, why                                    (none)
 export     model, version, key, release                                (blob, info)
 import     model, version, key, snapshot, client                       info
@@ -26,6 +26,8 @@ Invariants:
   when that channel closes (the front-end exited or was killed); KServe sequences (client
   ids) stay open, so a client can continue them through any other front-end.
 - While the channel is open, every request with an id gets exactly one answer.
+- Requests are reported to telemetry by the front-end that received them (the time includes
+  this hop), so the engines here run them with ``api=None`` (server/accounting.py).
 """
 
 from __future__ import annotations
@@ -99,15 +101,15 @@ class FrontendLink:
 
     # -- requests -----------------------------------------------------------------------
 
-    def _classify(self, request_id, model, version, texts, api) -> None:
-        future = self.registry.get(model, version).submit_classify(texts, api=api)
+    def _classify(self, request_id, model, version, texts) -> None:
+        future = self.registry.get(model, version).submit_classify(texts, api=None)
         self._reply_when_done(request_id, future,
                               lambda predictions: [pack_prediction(p) for p in predictions])
 
     def _step(self, request_id, model, version, key, text, start, end, restart, client,
-              export, api) -> None:
+              export) -> None:
         engine = self.registry.get(model, version)
-        future = engine.submit_step(key, text, start=start, end=end, restart=restart, api=api,
+        future = engine.submit_step(key, text, start=start, end=end, restart=restart, api=None,
                                     client=client, export=export)
         if isinstance(key, StreamKey):
             if end:

@@ -12,6 +12,8 @@ Invariants:
   the order the servicer submitted them, and their futures resolve in that order.
 - Every request's future settles: with the engine's answer, or UNAVAILABLE when the
   engine process goes away.
+- Every request is reported to this process's telemetry once, when its future settles,
+  with the time from here (server/accounting.py); the engine does not report it again.
 - Nothing here imports ONNX Runtime or the tokenizer: a front-end starts fast.
 """
 
@@ -20,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 
 from tritonclient.grpc import model_config_pb2
 
+from .accounting import report_when_settled
 from .catalog import ModelDirectory, ModelEntry, StreamKey
 from .errors import Unavailable
 from .ipc import Channel, error_from, unpack_prediction
@@ -125,10 +129,13 @@ class RemoteEngine:
         return SequenceInfo(tokens, chunks, None if last is None else self._prediction(last))
 
     async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
-        labels = self.labels
-        return await self._link.request(
-            "classify", self.name, self.version, list(texts), api,
+        labels, started = self.labels, time.perf_counter()
+        future = self._link.request(
+            "classify", self.name, self.version, list(texts),
             decode=lambda packed: [unpack_prediction(p, labels) for p in packed])
+        report_when_settled(self.telemetry, future, api=api, kind="unary", started=started,
+                            texts=len(texts))
+        return await future
 
     def new_sequence_id(self) -> Hashable:
         return StreamKey(("stream", f"{os.getpid()}-{next(_stream_ids)}"))
@@ -137,8 +144,12 @@ class RemoteEngine:
                     start: bool = False, end: bool = False, restart: bool = False,
                     api: str = "text", client: str = ANONYMOUS,
                     export: bool = False) -> asyncio.Future:
-        return self._link.request("step", self.name, self.version, sequence_id, text, start,
-                                  end, restart, client, export, api, decode=self._prediction)
+        started = time.perf_counter()
+        future = self._link.request("step", self.name, self.version, sequence_id, text, start,
+                                    end, restart, client, export, decode=self._prediction)
+        report_when_settled(self.telemetry, future, api=api, kind="stream", started=started,
+                            texts=1)
+        return future
 
     async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
                           api: str = "text", restart: bool = False,
