@@ -119,8 +119,18 @@ def test_prometheus_agrees_with_statistics(server):
     for phase in ("input", "infer", "output"):
         assert total(s, "rnnserve_compute_seconds_count", phase=phase, **key) == \
             stats.execution_count
+        # batch_stats are exactly the per-size counters (seconds rounded to integer ns) ...
+        for b in stats.batch_stats:
+            size = str(b.batch_size)
+            assert getattr(b, f"compute_{phase}").ns == round(1e9 * total(
+                s, "rnnserve_batch_compute_seconds_total", phase=phase, batch_size=size, **key))
+        # ... whose sum is the histogram's, up to that rounding.
         assert total(s, "rnnserve_compute_seconds_sum", phase=phase, **key) == pytest.approx(
-            sum(getattr(b, f"compute_{phase}").ns for b in stats.batch_stats) / 1e9, rel=1e-9)
+            sum(getattr(b, f"compute_{phase}").ns for b in stats.batch_stats) / 1e9,
+            abs=1e-9 * len(stats.batch_stats))
+    for b in stats.batch_stats:
+        assert total(s, "rnnserve_batch_executions_total", batch_size=str(b.batch_size),
+                     **key) == b.compute_infer.count
     assert total(s, "rnnserve_tokens_total", **key) == sent["real"]
     assert total(s, "rnnserve_padded_tokens_total", **key) == sent["padded"]
     assert total(s, "rnnserve_padding_ratio_count", **key) == stats.execution_count
@@ -188,9 +198,14 @@ def test_disabled_metrics_keep_statistics_and_export_nothing():
     a.last_inference = b.last_inference = 0
     assert a == b
     assert disabled.exposition() == b""
-    snap = off.snapshot()
-    assert not any(snap.queue.counts) and not any(snap.phases["infer"].counts)
-    assert not any(any(series.hist.counts) for series in snap.requests)
+    # Only what ModelStatistics needs was recorded: no phase histograms, no token counters,
+    # and request latency without its buckets.
+    recorded = {(s.name, s.labels.get("le")): s.value for s in off.snapshot() if s.value}
+    assert not any(name.startswith(("rnnserve_compute_seconds", "rnnserve_tokens",
+                                    "rnnserve_padding", "rnnserve_executions"))
+                   for name, _ in recorded)
+    assert ("rnnserve_request_duration_seconds_bucket", "0.01") not in recorded
+    assert ("rnnserve_request_duration_seconds_bucket", "+Inf") in recorded
 
 
 def test_servers_in_one_process_are_isolated():
