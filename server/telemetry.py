@@ -155,9 +155,12 @@ class _Directory:
 
 _DIRECTORIES: dict[str, _Directory] = {}
 _DIRECTORIES_LOCK = threading.Lock()
+_SWAP_LOCK = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
+    global _DIRECTORIES_LOCK, _SWAP_LOCK
+    _DIRECTORIES_LOCK, _SWAP_LOCK = threading.Lock(), threading.Lock()
     for directory in _DIRECTORIES.values():
         directory.after_fork()
 
@@ -238,9 +241,6 @@ def mark_process_dead(pid: int, path: str | os.PathLike) -> None:
     state bytes, load time, provider) from the totals. Its counters and histograms stay, so
     totals never go backwards; ``last_inference`` (a max) stays too."""
     _mark_process_dead(pid, str(path))
-
-
-_SWAP_LOCK = threading.Lock()
 
 
 def _child(metric, value_class: type, labels: Sequence[str]):
@@ -386,6 +386,7 @@ class ModelTelemetry:
         self._open = self._child(families.open_sequences)
         self._state = self._child(families.state_bytes)
         self._last = self._child(families.last_inference)
+        self._last_ms = 0
         self._load = None
         self._provider: str | None = None
 
@@ -406,7 +407,10 @@ class ModelTelemetry:
             series.requests.inc()
             if series.ok:
                 series.texts.inc(texts)
-                self._last.set(time.time_ns() // 1_000_000 / 1000)
+                now_ms = time.time_ns() // 1_000_000
+                if now_ms != self._last_ms:       # one write per millisecond at most
+                    self._last_ms = now_ms
+                    self._last.set(now_ms / 1000)
             else:
                 series.failures.inc()
         except Exception:  # never let telemetry break a request
