@@ -18,7 +18,8 @@ Design:
   ``rnnserve_last_inference_timestamp_seconds`` is the max over all.
 - The value class is chosen per ``ServerTelemetry``, not from ``PROMETHEUS_MULTIPROC_DIR``:
   children are created with prometheus_client's ``values.ValueClass`` swapped (under a module
-  lock) for a file-backed class bound to DIR, or for ``MutexValue``. So no environment variable
+  lock) for a file-backed class bound to DIR (server/multiprocess_values.py), or for
+  ``MutexValue``. So no environment variable
   is needed, its value at import time does not matter, and single-process servers stay
   in-memory even in a process where it is set. Only rnnserve's own metrics get this treatment.
 - ``ModelTelemetry.statistics()`` reads the same merged samples the scrape reads, so the two
@@ -69,11 +70,14 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import InfoMetricFamily, Metric
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 from prometheus_client.samples import Sample
 from tritonclient.grpc import service_pb2
+
+from .multiprocess_values import child as _child
+from .multiprocess_values import mark_process_dead, prepare_multiprocess_dir, value_class
+
+__all__ = ["ModelTelemetry", "ServerTelemetry", "mark_process_dead", "prepare_multiprocess_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -117,146 +121,6 @@ def _code_name(code: object) -> str:
         return "UNKNOWN"
     name = str(code).upper()
     return name if name in grpc.StatusCode.__members__ else "UNKNOWN"
-
-
-# ------------------------------------------------------------------ multiprocess value files
-
-class _Directory:
-    """This process's open value files in one multiprocess directory, behind one lock.
-
-    Files are ``<type>_<pid>.db`` (``gauge_<mode>_<pid>.db`` for gauges), the names
-    prometheus_client's ``MultiProcessCollector`` and ``mark_process_dead`` expect. After a
-    ``fork`` the child reopens files under its own pid and restarts its values from them.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        self.pid = os.getpid()
-        self.files: dict[str, MmapedDict] = {}
-        self.values: list = []
-        self.value_class: type | None = None
-
-    def file(self, prefix: str) -> MmapedDict:
-        """The open file for ``prefix``; the caller holds ``lock``."""
-        mapped = self.files.get(prefix)
-        if mapped is None:
-            mapped = MmapedDict(os.path.join(self.path, f"{prefix}_{self.pid}.db"))
-            self.files[prefix] = mapped
-        return mapped
-
-    def after_fork(self) -> None:
-        self.lock = threading.Lock()   # another thread may have held it at fork time
-        self.pid = os.getpid()
-        self.files = {}                # the parent's mappings stay the parent's
-        for value in self.values:
-            value.reopen()
-
-
-_DIRECTORIES: dict[str, _Directory] = {}
-_DIRECTORIES_LOCK = threading.Lock()
-_SWAP_LOCK = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _DIRECTORIES_LOCK, _SWAP_LOCK
-    _DIRECTORIES_LOCK, _SWAP_LOCK = threading.Lock(), threading.Lock()
-    for directory in _DIRECTORIES.values():
-        directory.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _file_value_class(path: Path) -> type:
-    """A prometheus_client value class writing to ``path`` (one per directory and process)."""
-    key = os.path.realpath(path)
-    with _DIRECTORIES_LOCK:
-        directory = _DIRECTORIES.get(key)
-        if directory is None:
-            if not os.path.isdir(key):
-                raise ValueError(f"multiprocess_dir {path} is not a directory; create it with "
-                                 "prepare_multiprocess_dir() first")
-            directory = _DIRECTORIES[key] = _Directory(key)
-            directory.value_class = _make_file_value_class(directory)
-        return directory.value_class
-
-
-def _make_file_value_class(directory: _Directory) -> type:
-    class FileValue:
-        """A float mirrored into this process's mmap file (prometheus_client's layout)."""
-
-        _multiprocess = True
-
-        def __init__(self, typ, metric_name, name, labelnames, labelvalues, help_text,
-                     multiprocess_mode="", **_: object) -> None:
-            self._prefix = f"{typ}_{multiprocess_mode}" if typ == "gauge" else typ
-            self._key = mmap_key(metric_name, name, labelnames, labelvalues, help_text)
-            with directory.lock:
-                self.reopen()
-                directory.values.append(self)
-
-        def reopen(self) -> None:
-            self._file = directory.file(self._prefix)
-            self._value = self._file.read_value(self._key)[0]
-
-        def inc(self, amount: float) -> None:
-            with directory.lock:
-                self._value += amount
-                self._file.write_value(self._key, self._value, 0.0)
-
-        def set(self, value: float, timestamp: float | None = None) -> None:
-            with directory.lock:
-                self._value = value
-                self._file.write_value(self._key, value, timestamp or 0.0)
-
-        def set_exemplar(self, exemplar) -> None:
-            return None
-
-        def get(self) -> float:
-            with directory.lock:
-                return self._value
-
-        def get_exemplar(self):
-            return None
-
-    return FileValue
-
-
-def prepare_multiprocess_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) and delete every ``*.db`` value file in it.
-
-    Call it once in the supervising process before any process records into ``path`` (a
-    process that already has files open there would keep writing to deleted files).
-    """
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
-    return directory
-
-
-def mark_process_dead(pid: int, path: str | os.PathLike) -> None:
-    """A recording process ``pid`` exited: drop its live gauges (pending, open sequences,
-    state bytes, load time, provider) from the totals. Its counters and histograms stay, so
-    totals never go backwards; ``last_inference`` (a max) stays too."""
-    _mark_process_dead(pid, str(path))
-
-
-def _child(metric, value_class: type, labels: Sequence[str]):
-    """``metric.labels(*labels)`` with its values created by ``value_class``.
-
-    prometheus_client reads the module attribute ``values.ValueClass`` when it creates a
-    child; it is swapped only for this call and under a module lock, so concurrent
-    ServerTelemetry objects (in-memory or file-backed) each get their own kind.
-    """
-    with _SWAP_LOCK:
-        saved = values.ValueClass
-        values.ValueClass = value_class
-        try:
-            return metric.labels(*labels)
-        finally:
-            values.ValueClass = saved
 
 
 # ------------------------------------------------------------------------- metric families
@@ -709,7 +573,7 @@ class ServerTelemetry:
         self.enabled = enabled
         self.multiprocess_dir = Path(multiprocess_dir) if multiprocess_dir is not None else None
         self._value_class = (values.MutexValue if multiprocess_dir is None
-                             else _file_value_class(self.multiprocess_dir))
+                             else value_class(self.multiprocess_dir))
         self._families = _Families(enabled)
         self.registry = CollectorRegistry(auto_describe=False)
         self._models: dict[tuple[str, str], ModelTelemetry] = {}
