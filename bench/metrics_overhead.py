@@ -19,7 +19,8 @@ server's CPU time per request::
         --concurrency 64 --duration 8 --rounds 4 --json runs/metrics_overhead.json
 
 ``--tiny`` trains and exports the test suite's tiny LSTM into a temp dir first (no data
-needed). ``--hooks`` instead times the telemetry hooks alone, in this process.
+needed). ``--hooks`` instead times the telemetry hooks alone, in this process (metrics on,
+off, and in multiprocess mode).
 """
 
 from __future__ import annotations
@@ -227,40 +228,54 @@ def summarize(runs: dict[str, list[dict]], args: argparse.Namespace, placement: 
 
 
 def hooks(repeat: int = 200_000) -> dict:
-    """Nanoseconds per hook call, histograms on vs off (one request of one text, and one
-    batch of 8 rows per 8 requests)."""
+    """Nanoseconds per hook call (one request of one text, and one batch of 8 rows per 8
+    requests) for: ``on`` (metrics enabled, in memory), ``off`` (metrics disabled: only what
+    ModelStatistics needs) and ``multiprocess`` (enabled, values written to
+    ``multiprocess_dir`` files as with ``serve --workers N``); plus one scrape's cost."""
     import grpc
-    from rnnserve.server.telemetry import ModelTelemetry
+    from rnnserve.server.telemetry import ServerTelemetry, prepare_multiprocess_dir
 
     result = {}
-    for label, histograms in (("on", True), ("off", False)):
-        telemetry = ModelTelemetry("m", "1", histograms=histograms)
-        ok = grpc.StatusCode.OK
-        waits = [0.001] * 8
+    with tempfile.TemporaryDirectory(prefix="rnnserve-hooks-") as tmp:
+        directory = prepare_multiprocess_dir(Path(tmp))
+        servers = {"on": ServerTelemetry(process_metrics=False),
+                   "off": ServerTelemetry(enabled=False),
+                   "multiprocess": ServerTelemetry(process_metrics=False,
+                                                   multiprocess_dir=directory)}
+        for label, server in servers.items():
+            telemetry = server.model("m", "1")
+            ok = grpc.StatusCode.OK
+            waits = [0.001] * 8
 
-        def request(t=telemetry, ok=ok) -> None:
-            t.request_finished(api="text", kind="unary", code=ok, seconds=0.004, texts=1)
+            def request(t=telemetry, ok=ok) -> None:
+                t.request_finished(api="text", kind="unary", code=ok, seconds=0.004, texts=1)
 
-        def batch(t=telemetry, waits=waits) -> None:
-            t.rows_executed(queue_seconds=waits, tokenize_seconds=0.0001, input_seconds=0.0001,
-                            infer_seconds=0.002, output_seconds=0.0001, batch_size=8,
-                            real_tokens=160, padded_tokens=200)
+            def batch(t=telemetry, waits=waits) -> None:
+                t.rows_executed(queue_seconds=waits, tokenize_seconds=0.0001,
+                                input_seconds=0.0001, infer_seconds=0.002,
+                                output_seconds=0.0001, batch_size=8, real_tokens=160,
+                                padded_tokens=200)
 
-        per_request = min(timeit.repeat(request, number=repeat, repeat=3)) / repeat * 1e9
-        per_batch = min(timeit.repeat(batch, number=repeat // 8, repeat=3)) / (repeat // 8) * 1e9
-        result[label] = {"request_finished_ns": per_request, "rows_executed_ns": per_batch,
-                         "per_request_ns": per_request + per_batch / 8}
-    result["scrape_ms_one_model"] = _scrape_ms()
+            def pending(t=telemetry) -> None:   # the batcher: one admit + one release per text
+                t.set_pending(1)
+
+            per_request = min(timeit.repeat(request, number=repeat, repeat=3)) / repeat * 1e9
+            per_batch = min(timeit.repeat(batch, number=repeat // 8, repeat=3)) \
+                / (repeat // 8) * 1e9
+            per_pending = min(timeit.repeat(pending, number=repeat, repeat=3)) / repeat * 1e9
+            result[label] = {"request_finished_ns": per_request, "rows_executed_ns": per_batch,
+                             "set_pending_ns": per_pending,
+                             "per_request_ns": per_request + per_batch / 8 + 2 * per_pending}
+        result["scrape_ms_one_model"] = _scrape_ms(servers["on"])
+        result["scrape_ms_one_model_multiprocess"] = _scrape_ms(servers["multiprocess"])
     return result
 
 
-def _scrape_ms(repeat: int = 50) -> float:
+def _scrape_ms(server, repeat: int = 50) -> float:
     """Milliseconds to render /metrics for one busy model (every series populated)."""
     import grpc
-    from rnnserve.server.telemetry import ServerTelemetry
 
-    server = ServerTelemetry()
-    telemetry = server.model("m", "1")
+    telemetry = server.model("busy", "1")
     for i in range(2000):
         telemetry.request_finished(api=("text", "kserve")[i % 2], kind=("unary", "stream")[i % 3 % 2],
                                    code=grpc.StatusCode.OK, seconds=i / 20000, texts=1)
@@ -297,11 +312,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.hooks:
         summary = hooks()
-        for label in ("on", "off"):
-            print(f"[metrics-overhead] hooks {label:>3}: "
+        for label in ("on", "off", "multiprocess"):
+            print(f"[metrics-overhead] hooks {label:>12}: "
                   + ", ".join(f"{k} {v:.0f}" for k, v in summary[label].items()))
         print(f"[metrics-overhead] one scrape of a busy model: "
-              f"{summary['scrape_ms_one_model']:.2f} ms")
+              f"{summary['scrape_ms_one_model']:.2f} ms in memory, "
+              f"{summary['scrape_ms_one_model_multiprocess']:.2f} ms from files")
     else:
         with tempfile.TemporaryDirectory(prefix="rnnserve-metrics-overhead-") as tmp:
             work = Path(tmp)

@@ -110,12 +110,17 @@ class Scheduler:
                 f"{self.max_queue_size}); retry with backoff or raise --max-queue-size")
         self.admitted += n
         self._idle.clear()
+        if self.telemetry is not None:      # the pending gauge follows every change
+            self.telemetry.set_pending(self.admitted)
 
     def release(self, n: int = 1) -> None:
+        """Give back ``n`` admitted rows (finished, failed or dropped)."""
         self.admitted -= n
         if self.admitted <= 0:
             self.admitted = 0
             self._idle.set()
+        if self.telemetry is not None:
+            self.telemetry.set_pending(self.admitted)
 
     def submit(self, row: Row) -> None:
         """Queue an admitted row (its first step)."""

@@ -3,7 +3,8 @@
 Both flavours of one model (``<model>`` and ``<model>-stream``) run on one ModelEngine with one
 batcher, so each reports the engine's cumulative numbers (every API, both flavours) under its
 own name; the split by API and call kind lives in the Prometheus series. The numbers are
-those of ``ModelTelemetry.statistics()`` (server/telemetry.py), which keeps
+those of ``ModelTelemetry.statistics()`` (server/telemetry.py): built from the same samples
+a /metrics scrape reads (totals over every process with ``serve --workers N``), with
 compute_input/infer/output counts equal, as perf_analyzer requires.
 """
 

@@ -1,53 +1,83 @@
-"""Per-model telemetry: one set of cumulative counters behind both Prometheus and KServe.
+"""Per-model telemetry on prometheus_client's own metric types: one source for Prometheus
+and for KServe ``ModelStatistics``, in one process or summed over several.
 
-Design (why there is no ``Histogram.observe`` on the hot path):
+Design:
 
-- Each served model version owns one :class:`ModelTelemetry`. Its hooks (docs/architecture.md
-  §3) update plain integers and bucket arrays under one uncontended lock: no label lookups,
-  no string or dict building, no per-metric locks. That costs about as much as a single
-  ``prometheus_client`` counter increment.
-- Prometheus reads those numbers at scrape time through :class:`TelemetryCollector`, which a
-  :class:`ServerTelemetry` registers on its own ``CollectorRegistry`` (never the global one, so
-  several servers can live in one process). ``ModelTelemetry.statistics()`` builds the KServe
-  v2 ``ModelStatistics`` from the very same numbers, so the two views agree by construction.
-- With metrics disabled (``ServerTelemetry(enabled=False)``) no collector is registered and the
-  hooks skip every bucket update; only the counters that ``ModelStatistics`` needs remain.
+- A :class:`ServerTelemetry` owns one set of prometheus_client ``Counter`` / ``Histogram`` /
+  ``Gauge`` objects (never registered on the global registry) and one ``CollectorRegistry``
+  whose only collector is a view over those metrics. Each served model version gets a
+  :class:`ModelTelemetry` holding the label-bound children its hooks (docs/architecture.md §3)
+  update, so the hot path does no label lookups.
+- ``multiprocess_dir=None``: values live in this process (prometheus_client's ``MutexValue``),
+  so several servers in one process stay separate.
+- ``multiprocess_dir=DIR``: every value is also written to ``DIR/<type>_<pid>.db``
+  (prometheus_client's multiprocess file format). The view, and so ``/metrics`` and
+  ``statistics()`` of *any* process using DIR, merges the files of every process: counters and
+  histograms are summed (and survive a process's death), live gauges are summed or maxed over
+  the processes alive (``mark_process_dead`` drops a dead one's), and
+  ``rnnserve_last_inference_timestamp_seconds`` is the max over all.
+- The value class is chosen per ``ServerTelemetry``, not from ``PROMETHEUS_MULTIPROC_DIR``:
+  children are created with prometheus_client's ``values.ValueClass`` swapped (under a module
+  lock) for a file-backed class bound to DIR (server/multiprocess_values.py), or for
+  ``MutexValue``. So no environment variable
+  is needed, its value at import time does not matter, and single-process servers stay
+  in-memory even in a process where it is set. Only rnnserve's own metrics get this treatment.
+- ``ModelTelemetry.statistics()`` reads the same merged samples the scrape reads, so the two
+  views agree (identities below); durations are exported in seconds and converted to integer
+  nanoseconds (rounded) for ``ModelStatistics``.
+- With metrics disabled (``enabled=False``) nothing is registered (an empty scrape) and the
+  hooks record only what ``ModelStatistics`` needs (request and queue histograms shrink to one
+  bucket).
 
 Invariants (checked by tests/metrics/):
 
-- durations are accumulated as integer nanoseconds; Prometheus ``_sum`` = ns / 1e9;
-- ``inference_stats.success.count`` = Σ ``rnnserve_requests_total{code="OK"}``, and ``.ns`` the
-  matching ``rnnserve_request_duration_seconds_sum`` (``fail`` likewise for code != OK);
+- ``inference_stats.success`` = (Σ ``rnnserve_request_duration_seconds_count{code="OK"}``,
+  Σ ``_sum`` × 1e9); ``fail`` likewise for code != OK; ``_count`` = ``rnnserve_requests_total``;
 - ``inference_count`` = Σ ``rnnserve_texts_total`` (texts of successful requests);
-- ``execution_count`` = ``rnnserve_executions_total`` = ``rnnserve_batch_size_count`` = Σ
-  ``batch_stats[*].compute_infer.count``;
-- ``inference_stats.queue`` = (``rnnserve_queue_wait_seconds_count``, ``_sum``): one entry per
-  row (text or chunk) that went through a batch;
+- ``execution_count`` = Σ ``rnnserve_batch_executions_total`` = ``rnnserve_executions_total``
+  = ``rnnserve_batch_size_count``; ``batch_stats[size]`` = (``rnnserve_batch_executions_total
+  {batch_size}``, ``rnnserve_batch_compute_seconds_total{batch_size,phase}`` × 1e9);
+- ``inference_stats.queue`` = (``rnnserve_queue_wait_seconds_count``, ``_sum``): one per row;
 - ``inference_stats.compute_*`` charge every row of a batch the whole batch's duration, as
-  Triton does: count = Σ size·executions, ns = Σ size·duration over ``batch_stats``;
+  Triton does: count = Σ size·executions, ns = Σ size·ns over ``batch_stats``;
+- gauges are written when the value changes (the batcher sets pending on every admit and
+  release), so a scrape sees the current value;
 - every hook is cheap and never raises.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import sys
 import threading
 import time
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
+from pathlib import Path
 
 import grpc
-from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    values,
 )
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
 from tritonclient.grpc import service_pb2
+
+from .multiprocess_values import child as _child
+from .multiprocess_values import mark_process_dead, prepare_multiprocess_dir, value_class
+
+__all__ = ["ModelTelemetry", "ServerTelemetry", "mark_process_dead", "prepare_multiprocess_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +90,13 @@ STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.
 #: Tokenization of one batch's texts: 10 µs through 100 ms.
 TOKENIZE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                     0.005, 0.01, 0.025, 0.05, 0.1)
-#: Rows per ONNX Runtime call; exposed from exact per-size counts.
+#: Rows per ONNX Runtime call.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: Padded tensor cells / real tokens; 1.0 means no padding at all.
 PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0)
+#: With metrics disabled only count and sum matter: every finite value lands in the first
+#: bucket (prometheus_client wants one besides +Inf), so observe() is two additions.
+_ONE_BUCKET = (sys.float_info.max,)
 
 APIS = ("text", "kserve")
 KINDS = ("unary", "stream")
@@ -73,6 +106,8 @@ PHASES = ("input", "infer", "output")
 _OTHER = "other"
 _OK = grpc.StatusCode.OK
 _NS = 1_000_000_000
+_MV = ("model", "version")
+_PROVIDER_INFO = "rnnserve_execution_provider_info"
 
 
 def _code_name(code: object) -> str:
@@ -88,149 +123,136 @@ def _code_name(code: object) -> str:
     return name if name in grpc.StatusCode.__members__ else "UNKNOWN"
 
 
-class _Hist:
-    """Non-cumulative bucket counts plus count and total; callers hold the owner's lock.
+# ------------------------------------------------------------------------- metric families
 
-    ``counts[i]`` counts values in (bounds[i-1], bounds[i]]; ``counts[-1]`` is (bounds[-1], +Inf).
-    ``total`` is in the caller's unit (integer ns for durations).
-    """
+class _Families:
+    """Every rnnserve metric of one ServerTelemetry (parents; children are bound per model)."""
 
-    __slots__ = ("bounds", "count", "counts", "total")
+    def __init__(self, enabled: bool) -> None:
+        def hist(name, doc, labels, buckets):
+            return Histogram(name, doc, _MV + labels, registry=None,
+                             buckets=buckets if enabled else _ONE_BUCKET)
 
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.count = 0
-        self.total = 0
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, _MV + labels, registry=None)
 
-    def copy(self) -> _Hist:
-        other = _Hist(self.bounds)
-        other.counts = self.counts.copy()
-        other.count = self.count
-        other.total = self.total
-        return other
+        def gauge(name, doc, mode, labels=()):
+            return Gauge(name, doc, _MV + labels, registry=None, multiprocess_mode=mode)
+
+        rq = ("api", "kind", "code")
+        self.duration = hist(
+            "rnnserve_request_duration_seconds",
+            "End-to-end request latency inside the server (one stream message = one request).",
+            rq, REQUEST_BUCKETS)
+        self.requests = counter("rnnserve_requests",
+                                "Finished requests by API, call kind and gRPC status.", rq)
+        self.failures = counter("rnnserve_request_failures",
+                                "Requests that ended with a gRPC status other than OK.", rq)
+        self.texts = counter("rnnserve_texts", "Texts in successfully finished requests.",
+                             ("api", "kind"))
+        self.queue = hist("rnnserve_queue_wait_seconds",
+                          "Per-row wait in the batcher queue before execution.", (),
+                          STAGE_BUCKETS)
+        self.compute = hist(
+            "rnnserve_compute_seconds",
+            "Per-batch ONNX Runtime phases: input tensors, session.run (infer), outputs.",
+            ("phase",), STAGE_BUCKETS)
+        self.tokenize = hist("rnnserve_tokenize_seconds",
+                             "Tokenization time of one batch's rows.", (), TOKENIZE_BUCKETS)
+        self.batch_size = hist("rnnserve_batch_size", "Rows per ONNX Runtime call.", (),
+                               BATCH_SIZE_BUCKETS)
+        self.padding = hist(
+            "rnnserve_padding_ratio",
+            "Padded input cells / real tokens per ONNX Runtime call (1 = no padding).", (),
+            PADDING_BUCKETS)
+        self.executions = counter("rnnserve_executions", "ONNX Runtime calls (batches) executed.")
+        self.batch_executions = counter(
+            "rnnserve_batch_executions",
+            "ONNX Runtime calls by exact batch size (KServe batch_stats).", ("batch_size",))
+        self.batch_compute = counter(
+            "rnnserve_batch_compute_seconds",
+            "Time in each ONNX Runtime phase by exact batch size (KServe batch_stats).",
+            ("batch_size", "phase"))
+        self.tokens = counter("rnnserve_tokens", "Real (unpadded) tokens run through the model.")
+        self.padded = counter("rnnserve_padded_tokens", "Input tensor cells including padding.")
+        self.events = counter(
+            "rnnserve_sequence_events",
+            "Sequence lifecycle events (started, ended, expired, evicted, restarted, exported, "
+            "imported).", ("event",))
+        # Gauges: 'livesum' totals over the processes alive, 'max' survives a process.
+        self.pending = gauge("rnnserve_pending_requests",
+                             "Rows (texts and chunks) admitted and not finished yet.", "livesum")
+        self.open_sequences = gauge("rnnserve_open_sequences",
+                                    "Sequences holding state on the server.", "livesum")
+        self.state_bytes = gauge("rnnserve_sequence_state_bytes",
+                                 "Memory held by open sequences' state.", "livesum")
+        self.last_inference = gauge("rnnserve_last_inference_timestamp_seconds",
+                                    "Unix time of the last successful request (0 = none yet).",
+                                    "max")
+        self.load_seconds = gauge("rnnserve_model_load_seconds",
+                                  "Time it took to load the model version.", "livemax")
+        # An info metric as a gauge of 1 (multiprocess files cannot hold Info); the text
+        # exposition is the same as Info's. A provider that was replaced is set to 0 and
+        # left out of the view.
+        self.provider = gauge(_PROVIDER_INFO, "ONNX Runtime execution provider in use.",
+                              "livemax", ("provider",))
+        self.all = [value for value in vars(self).values() if hasattr(value, "collect")]
+        #: Families statistics() reads (others are skipped when collecting in-process).
+        self.for_statistics = [self.duration, self.texts, self.queue, self.batch_executions,
+                               self.batch_compute, self.last_inference]
 
 
-class _RequestSeries:
-    """Requests of one (api, kind, code): latency histogram (ns total) and texts."""
+class _Series:
+    """Children of one (api, kind, code) request series."""
 
-    __slots__ = ("api", "code", "hist", "kind", "ok", "texts")
-
-    def __init__(self, api: str, kind: str, code: str) -> None:
-        self.api = api
-        self.kind = kind
-        self.code = code
-        self.ok = code == "OK"
-        self.hist = _Hist(REQUEST_BUCKETS)
-        self.texts = 0
-
-    def copy(self) -> _RequestSeries:
-        other = _RequestSeries(self.api, self.kind, self.code)
-        other.hist = self.hist.copy()
-        other.texts = self.texts
-        return other
+    __slots__ = ("duration", "failures", "ok", "requests", "texts")
 
 
-class _BatchSeries:
-    """Executions of one batch size: count and per-phase ns totals."""
+class _BatchSize:
+    """Children of one exact batch size."""
 
-    __slots__ = ("count", "infer_ns", "input_ns", "output_ns", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.count = 0
-        self.input_ns = 0
-        self.infer_ns = 0
-        self.output_ns = 0
-
-    def copy(self) -> _BatchSeries:
-        other = _BatchSeries(self.size)
-        other.count, other.input_ns = self.count, self.input_ns
-        other.infer_ns, other.output_ns = self.infer_ns, self.output_ns
-        return other
-
-
-class TelemetrySnapshot:
-    """A consistent copy of one model's numbers, taken under its lock (for scrapes and tests)."""
-
-    __slots__ = (
-        "batches",
-        "last_inference_ms",
-        "load_seconds",
-        "model",
-        "open_sequences",
-        "padded_tokens",
-        "padding",
-        "pending",
-        "phases",
-        "providers",
-        "queue",
-        "real_tokens",
-        "requests",
-        "sequence_events",
-        "state_bytes",
-        "tokenize",
-        "version",
-    )
-
-    model: str
-    version: str
-    requests: list[_RequestSeries]
-    queue: _Hist
-    tokenize: _Hist
-    phases: dict[str, _Hist]
-    padding: _Hist
-    batches: list[_BatchSeries]
-    real_tokens: int
-    padded_tokens: int
-    sequence_events: dict[str, int]
-    open_sequences: int
-    state_bytes: int
-    pending: int
-    last_inference_ms: int
-    load_seconds: float | None
-    providers: tuple[str, ...]
+    __slots__ = ("count", "infer", "input", "output")
 
 
 class ModelTelemetry:
-    """Cumulative numbers of one served model version; see the module docstring.
+    """The hooks of one served model version; values live in its server's metrics.
 
-    ``histograms=False`` (used when metrics are disabled) skips all bucket arrays; the
-    counters behind :meth:`statistics` are always kept.
+    Create through :meth:`ServerTelemetry.model`. ``histograms`` is False when metrics are
+    disabled: then only what ``statistics()`` needs is recorded.
     """
 
-    def __init__(self, model: str, version: str, *, histograms: bool = True,
-                 **_: object) -> None:
+    def __init__(self, server: ServerTelemetry, model: str, version: str) -> None:
         self.model = model
         self.version = str(version)
-        self.histograms = histograms
-        self._lock = threading.Lock()
-        # api -> kind -> code object as passed by the caller -> series. Filled lazily for
-        # unusual codes; read without the lock (dict reads are atomic, writes hold it).
-        self._series: dict[str, dict[str, dict[object, _RequestSeries]]] = {}
-        self._all_series: list[_RequestSeries] = []
-        # api -> kind -> the OK series: the hot path's lookup (filled by _bind).
-        self._ok: dict[str, dict[str, _RequestSeries]] = {}
+        self.histograms = server.enabled
+        self._server = server
+        self._families = families = server._families
+        self._lock = threading.Lock()           # guards lazy binding only
+        key = (model, self.version)
+        self._key = key
+        # (api, kind, code as passed) -> series; read without the lock (atomic dict reads).
+        self._series: dict[tuple, _Series] = {}
+        self._ok: dict[str, dict[str, _Series]] = {}
         for api in APIS:
             for kind in KINDS:
                 self._bind(api, kind, _OK)
-        self._queue = _Hist(STAGE_BUCKETS)
-        self._tokenize = _Hist(TOKENIZE_BUCKETS)
-        self._input = _Hist(STAGE_BUCKETS)
-        self._infer = _Hist(STAGE_BUCKETS)
-        self._output = _Hist(STAGE_BUCKETS)
-        self._padding = _Hist(PADDING_BUCKETS)
-        self._batches: dict[int, _BatchSeries] = {}
-        self._real_tokens = 0
-        self._padded_tokens = 0
-        self._events = dict.fromkeys(SEQUENCE_EVENTS, 0)
-        self._last_inference_ms = 0
-        # Gauges: single attribute stores, atomic under the GIL.
-        self._open_sequences = 0
-        self._state_bytes = 0
-        self._pending = 0
-        self._load_seconds: float | None = None
-        self._providers: tuple[str, ...] = ()
+        self._queue = self._child(families.queue)
+        self._compute = [self._child(families.compute, phase) for phase in PHASES]
+        self._tokenize = self._child(families.tokenize)
+        self._batch_size = self._child(families.batch_size)
+        self._padding = self._child(families.padding)
+        self._executions = self._child(families.executions)
+        self._tokens = self._child(families.tokens)
+        self._padded = self._child(families.padded)
+        self._sizes: dict[int, _BatchSize] = {}
+        self._events = {event: self._child(families.events, event) for event in SEQUENCE_EVENTS}
+        self._pending = self._child(families.pending)
+        self._open = self._child(families.open_sequences)
+        self._state = self._child(families.state_bytes)
+        self._last = self._child(families.last_inference)
+        self._last_ms = 0
+        self._load = None
+        self._provider: str | None = None
 
     # ----------------------------------------------------------------- hooks (hot path)
 
@@ -242,22 +264,19 @@ class ModelTelemetry:
         """
         try:
             try:  # OK first: an identity test is cheaper than hashing an Enum
-                series = self._ok[api][kind] if code is _OK else self._series[api][kind][code]
+                series = self._ok[api][kind] if code is _OK else self._series[api, kind, code]
             except KeyError:
                 series = self._bind(api, kind, code)
-            ns = int(seconds * _NS)
-            index = bisect_left(REQUEST_BUCKETS, seconds) if self.histograms else -1
-            ok = series.ok
-            now_ms = time.time_ns() // 1_000_000 if ok else 0
-            with self._lock:
-                hist = series.hist
-                hist.count += 1
-                hist.total += ns
-                if index >= 0:
-                    hist.counts[index] += 1
-                if ok:
-                    series.texts += texts
-                    self._last_inference_ms = max(self._last_inference_ms, now_ms)
+            series.duration.observe(seconds)
+            series.requests.inc()
+            if series.ok:
+                series.texts.inc(texts)
+                now_ms = time.time_ns() // 1_000_000
+                if now_ms != self._last_ms:       # one write per millisecond at most
+                    self._last_ms = now_ms
+                    self._last.set(now_ms / 1000)
+            else:
+                series.failures.inc()
         except Exception:  # never let telemetry break a request
             log.exception("telemetry.request_finished failed")
 
@@ -274,199 +293,222 @@ class ModelTelemetry:
         padding ratio ``padded_tokens / real_tokens`` is ≥ 1.
         """
         try:
-            input_ns = int(input_seconds * _NS)
-            infer_ns = int(infer_seconds * _NS)
-            output_ns = int(output_seconds * _NS)
-            rows = len(queue_seconds)
-            queue_ns = int(sum(queue_seconds) * _NS)
-            tokenize_ns = int(tokenize_seconds * _NS)
-            histograms = self.histograms
-            if histograms:  # bucket indices outside the lock: pure functions of the inputs
-                stage = STAGE_BUCKETS
-                waits = [bisect_left(stage, wait) for wait in queue_seconds]
-                input_i = bisect_left(stage, input_seconds)
-                infer_i = bisect_left(stage, infer_seconds)
-                output_i = bisect_left(stage, output_seconds)
-                tokenize_i = bisect_left(TOKENIZE_BUCKETS, tokenize_seconds)
-                ratio = padded_tokens / real_tokens if real_tokens > 0 else 0.0
-                padding_i = bisect_left(PADDING_BUCKETS, ratio)
-            with self._lock:
-                batch = self._batches.get(batch_size)
-                if batch is None:
-                    batch = self._batches[batch_size] = _BatchSeries(batch_size)
-                batch.count += 1
-                batch.input_ns += input_ns
-                batch.infer_ns += infer_ns
-                batch.output_ns += output_ns
-                queue, tokenize = self._queue, self._tokenize
-                queue.count += rows
-                queue.total += queue_ns
-                tokenize.count += 1
-                tokenize.total += tokenize_ns
-                self._real_tokens += real_tokens
-                self._padded_tokens += padded_tokens
-                if not histograms:
-                    return
-                counts = queue.counts
-                for index in waits:
-                    counts[index] += 1
-                tokenize.counts[tokenize_i] += 1
-                phase = self._input
-                phase.count += 1
-                phase.total += input_ns
-                phase.counts[input_i] += 1
-                phase = self._infer
-                phase.count += 1
-                phase.total += infer_ns
-                phase.counts[infer_i] += 1
-                phase = self._output
-                phase.count += 1
-                phase.total += output_ns
-                phase.counts[output_i] += 1
-                if real_tokens > 0:
-                    padding = self._padding
-                    padding.count += 1
-                    padding.total += ratio
-                    padding.counts[padding_i] += 1
+            size = self._sizes.get(batch_size) or self._bind_size(batch_size)
+            observe = self._queue.observe
+            for wait in queue_seconds:
+                observe(wait)
+            size.count.inc()
+            size.input.inc(input_seconds)
+            size.infer.inc(infer_seconds)
+            size.output.inc(output_seconds)
+            if not self.histograms:
+                return
+            self._executions.inc()
+            self._batch_size.observe(batch_size)
+            compute = self._compute
+            compute[0].observe(input_seconds)
+            compute[1].observe(infer_seconds)
+            compute[2].observe(output_seconds)
+            self._tokenize.observe(tokenize_seconds)
+            self._tokens.inc(real_tokens)
+            self._padded.inc(padded_tokens)
+            if real_tokens > 0:
+                self._padding.observe(padded_tokens / real_tokens)
         except Exception:
             log.exception("telemetry.rows_executed failed")
 
     def sequence_event(self, event: str) -> None:
-        """Count a sequence lifecycle event: one of SEQUENCE_EVENTS."""
+        """Count a sequence lifecycle event: one of SEQUENCE_EVENTS (anything else: other)."""
         try:
-            with self._lock:
-                if event in self._events:
-                    self._events[event] += 1
-                else:
-                    self._events[_OTHER] = self._events.get(_OTHER, 0) + 1
+            counter = self._events.get(event)
+            if counter is None:
+                counter = self._bind_event(_OTHER)
+            counter.inc()
         except Exception:
             log.exception("telemetry.sequence_event failed")
 
     def set_open_sequences(self, n: int, state_bytes: int) -> None:
         """Open sequences now and the bytes their carried state occupies."""
-        self._open_sequences = n
-        self._state_bytes = state_bytes
+        try:
+            self._open.set(n)
+            self._state.set(state_bytes)
+        except Exception:
+            log.exception("telemetry.set_open_sequences failed")
 
     def set_pending(self, n: int) -> None:
-        """Requests (or rows) accepted but not finished yet, as the batcher counts them."""
-        self._pending = n
+        """Rows admitted and not finished yet; the batcher calls it on every change."""
+        try:
+            self._pending.set(n)
+        except Exception:
+            log.exception("telemetry.set_pending failed")
 
     # ------------------------------------------------------------------ rarely called
 
     def set_load_seconds(self, seconds: float) -> None:
         """Wall time it took to load this model version (session creation + warm-up)."""
-        self._load_seconds = float(seconds)
+        try:
+            if self._load is None:
+                self._load = self._child(self._families.load_seconds)
+            self._load.set(float(seconds))
+        except Exception:
+            log.exception("telemetry.set_load_seconds failed")
 
     def set_execution_providers(self, providers: Iterable[str] | str) -> None:
-        """The ONNX Runtime execution providers in use, highest priority first."""
-        self._providers = (providers,) if isinstance(providers, str) else tuple(providers)
+        """The ONNX Runtime execution providers in use, highest priority first (the first
+        is exported as ``rnnserve_execution_provider_info{provider}``)."""
+        try:
+            providers = (providers,) if isinstance(providers, str) else tuple(providers)
+            first = str(providers[0]) if providers else None
+            with self._lock:
+                if first == self._provider:
+                    return
+                if self._provider is not None:
+                    self._server._retire(self._families.provider,
+                                         [*self._key, self._provider])
+                if first is not None:
+                    self._child(self._families.provider, first).set(1)
+                self._provider = first
+        except Exception:
+            log.exception("telemetry.set_execution_providers failed")
 
     # ------------------------------------------------------------------------- views
 
-    def snapshot(self) -> TelemetrySnapshot:
-        """A consistent copy of every number (one lock acquisition)."""
-        snap = TelemetrySnapshot()
-        snap.model, snap.version = self.model, self.version
-        with self._lock:
-            snap.requests = [series.copy() for series in self._all_series]
-            snap.queue = self._queue.copy()
-            snap.tokenize = self._tokenize.copy()
-            snap.phases = {"input": self._input.copy(), "infer": self._infer.copy(),
-                           "output": self._output.copy()}
-            snap.padding = self._padding.copy()
-            snap.batches = [b.copy() for b in sorted(self._batches.values(),
-                                                     key=lambda b: b.size)]
-            snap.real_tokens, snap.padded_tokens = self._real_tokens, self._padded_tokens
-            snap.sequence_events = dict(self._events)
-            snap.last_inference_ms = self._last_inference_ms
-        snap.open_sequences, snap.state_bytes = self._open_sequences, self._state_bytes
-        snap.pending = self._pending
-        snap.load_seconds, snap.providers = self._load_seconds, self._providers
-        return snap
+    def snapshot(self) -> list[Sample]:
+        """Every sample of this model version, as a scrape of this server would show it
+        (totals over all processes in multiprocess mode)."""
+        return [sample for family in self._server._collect()
+                for sample in family.samples if self._mine(sample)]
 
     def statistics(self) -> service_pb2.ModelStatistics:
-        """KServe v2 / Triton ``ModelStatistics``, cumulative since this object was created."""
-        return statistics_from_snapshot(self.snapshot())
+        """KServe v2 / Triton ``ModelStatistics`` from the same samples a scrape reads."""
+        samples = [sample for family in self._server._collect(statistics=True)
+                   for sample in family.samples if self._mine(sample)]
+        return statistics_from_samples(self.model, self.version, samples)
 
     # ------------------------------------------------------------------------ internal
 
-    def _bind(self, api: str, kind: str, code: object) -> _RequestSeries:
-        """Create (or find) the series for a key; bounded label values, under the lock."""
+    def _mine(self, sample: Sample) -> bool:
+        labels = sample.labels
+        return labels.get("model") == self.model and labels.get("version") == self.version
+
+    def _child(self, metric, *labels: str):
+        return _child(metric, self._server._value_class, self._key + labels)
+
+    def _bind(self, api: str, kind: str, code: object) -> _Series:
+        """Create (or find) the series for a key; label values are bounded."""
         api_label = api if api in APIS else _OTHER
         kind_label = kind if kind in KINDS else _OTHER
         code_label = _code_name(code)
+        labels = (api_label, kind_label, code_label)
+        families = self._families
         with self._lock:
-            by_code = self._series.setdefault(api, {}).setdefault(kind, {})
-            if code in by_code:
-                return by_code[code]
-            for series in self._all_series:  # same labels reached through another key
-                if (series.api, series.kind, series.code) == (api_label, kind_label, code_label):
-                    break
-            else:
-                series = _RequestSeries(api_label, kind_label, code_label)
-                self._all_series.append(series)
-            by_code[code] = series
+            series = _Series()
+            series.ok = code_label == "OK"
+            series.duration = self._child(families.duration, *labels)
+            series.requests = self._child(families.requests, *labels)
+            series.texts = self._child(families.texts, api_label, kind_label)
+            series.failures = None if series.ok else self._child(families.failures, *labels)
+            self._series[api, kind, code] = series
             if code is _OK:
                 self._ok.setdefault(api, {})[kind] = series
             return series
 
+    def _bind_size(self, batch_size: int) -> _BatchSize:
+        size = int(batch_size)
+        families = self._families
+        with self._lock:
+            bound = _BatchSize()
+            bound.count = self._child(families.batch_executions, str(size))
+            bound.input, bound.infer, bound.output = (
+                self._child(families.batch_compute, str(size), phase) for phase in PHASES)
+            self._sizes[batch_size] = bound
+            return bound
 
-def _duration(count: int, ns: int) -> service_pb2.StatisticDuration:
-    return service_pb2.StatisticDuration(count=count, ns=ns)
+    def _bind_event(self, event: str):
+        with self._lock:
+            counter = self._events.get(event)
+            if counter is None:
+                counter = self._events[event] = self._child(self._families.events, event)
+            return counter
+
+    def _zero_live_gauges(self) -> None:
+        self.set_pending(0)
+        self.set_open_sequences(0, 0)
+        if self._load is not None:
+            self._load.set(0)
+        if self._provider is not None:
+            self._child(self._families.provider, self._provider).set(0)
 
 
-def statistics_from_snapshot(snap: TelemetrySnapshot) -> service_pb2.ModelStatistics:
-    """Build ``ModelStatistics`` from a snapshot (see the module invariants)."""
-    ok = [s for s in snap.requests if s.ok]
-    failed = [s for s in snap.requests if not s.ok]
-    rows = sum(b.size * b.count for b in snap.batches)
+def _duration(count: float, seconds: float) -> service_pb2.StatisticDuration:
+    return service_pb2.StatisticDuration(count=int(count), ns=round(seconds * _NS))
+
+
+def statistics_from_samples(model: str, version: str,
+                            samples: Iterable[Sample]) -> service_pb2.ModelStatistics:
+    """Build ``ModelStatistics`` from one model's samples (see the module invariants)."""
+    ok_count = ok_seconds = fail_count = fail_seconds = texts = 0.0
+    queue_count = queue_seconds = last = 0.0
+    sizes: dict[int, dict[str, float]] = {}
+    for name, labels, value, *_ in samples:
+        if name == "rnnserve_request_duration_seconds_count":
+            if labels["code"] == "OK":
+                ok_count += value
+            else:
+                fail_count += value
+        elif name == "rnnserve_request_duration_seconds_sum":
+            if labels["code"] == "OK":
+                ok_seconds += value
+            else:
+                fail_seconds += value
+        elif name == "rnnserve_texts_total":
+            texts += value
+        elif name == "rnnserve_queue_wait_seconds_count":
+            queue_count += value
+        elif name == "rnnserve_queue_wait_seconds_sum":
+            queue_seconds += value
+        elif name == "rnnserve_batch_executions_total":
+            sizes.setdefault(int(labels["batch_size"]), {})["count"] = value
+        elif name == "rnnserve_batch_compute_seconds_total":
+            sizes.setdefault(int(labels["batch_size"]), {})[labels["phase"]] = value
+        elif name == "rnnserve_last_inference_timestamp_seconds":
+            last = max(last, value)
+    batch_stats = []
+    for size in sorted(sizes):
+        numbers = sizes[size]
+        count = int(numbers.get("count", 0))
+        if count == 0:
+            continue
+        batch_stats.append(service_pb2.InferBatchStatistics(
+            batch_size=size,
+            **{f"compute_{phase}": _duration(count, numbers.get(phase, 0.0))
+               for phase in PHASES}))
+    rows = sum(b.batch_size * b.compute_infer.count for b in batch_stats)
+
+    def charged(phase: str) -> service_pb2.StatisticDuration:
+        return service_pb2.StatisticDuration(count=rows, ns=sum(
+            b.batch_size * getattr(b, f"compute_{phase}").ns for b in batch_stats))
+
     stats = service_pb2.InferStatistics(
-        success=_duration(sum(s.hist.count for s in ok), sum(s.hist.total for s in ok)),
-        fail=_duration(sum(s.hist.count for s in failed), sum(s.hist.total for s in failed)),
-        queue=_duration(snap.queue.count, snap.queue.total),
-        compute_input=_duration(rows, sum(b.size * b.input_ns for b in snap.batches)),
-        compute_infer=_duration(rows, sum(b.size * b.infer_ns for b in snap.batches)),
-        compute_output=_duration(rows, sum(b.size * b.output_ns for b in snap.batches)),
+        success=_duration(ok_count, ok_seconds),
+        fail=_duration(fail_count, fail_seconds),
+        queue=_duration(queue_count, queue_seconds),
+        compute_input=charged("input"),
+        compute_infer=charged("infer"),
+        compute_output=charged("output"),
     )
-    batch_stats = [
-        service_pb2.InferBatchStatistics(
-            batch_size=b.size,
-            compute_input=_duration(b.count, b.input_ns),
-            compute_infer=_duration(b.count, b.infer_ns),
-            compute_output=_duration(b.count, b.output_ns),
-        )
-        for b in snap.batches
-    ]
     return service_pb2.ModelStatistics(
-        name=snap.model,
-        version=snap.version,
-        last_inference=snap.last_inference_ms,
-        inference_count=sum(s.texts for s in ok),
-        execution_count=sum(b.count for b in snap.batches),
+        name=model,
+        version=str(version),
+        last_inference=round(last * 1000),
+        inference_count=int(texts),
+        execution_count=sum(b.compute_infer.count for b in batch_stats),
         inference_stats=stats,
         batch_stats=batch_stats,
     )
 
 
 # --------------------------------------------------------------------------- Prometheus
-
-def _cumulative(hist: _Hist, scale: float = 1.0) -> tuple[list[tuple[str, float]], float]:
-    """Prometheus bucket list (cumulative, ending in +Inf) and sum of a _Hist."""
-    buckets, running = [], 0
-    for bound, count in zip(hist.bounds, hist.counts, strict=False):
-        running += count
-        buckets.append((floatToGoString(bound), running))
-    buckets.append(("+Inf", running + hist.counts[-1]))
-    return buckets, hist.total * scale
-
-
-def _batch_size_buckets(batches: list[_BatchSeries]) -> tuple[list[tuple[str, float]], float]:
-    buckets = []
-    for bound in BATCH_SIZE_BUCKETS:
-        buckets.append((floatToGoString(bound), sum(b.count for b in batches if b.size <= bound)))
-    buckets.append(("+Inf", sum(b.count for b in batches)))
-    return buckets, float(sum(b.size * b.count for b in batches))
-
 
 def build_info() -> dict[str, str]:
     """Labels of ``rnnserve_build_info``: versions of rnnserve and its runtime pieces."""
@@ -487,128 +529,58 @@ def build_info() -> dict[str, str]:
     }
 
 
-class TelemetryCollector:
-    """Turns every model's snapshot into Prometheus families at scrape time."""
+def _clean(family: Metric) -> Metric:
+    """Drop what rnnserve does not export: ``_created`` samples, retired provider infos."""
+    if family.name == _PROVIDER_INFO:
+        family.samples = [s for s in family.samples if s.value != 0]
+    elif family.type in ("counter", "histogram"):
+        created = family.name + "_created"
+        family.samples = [s for s in family.samples if s.name != created]
+    return family
+
+
+class _View:
+    """The registry's one collector: rnnserve's families (merged over processes) + build."""
 
     def __init__(self, server: ServerTelemetry) -> None:
         self._server = server
-        self._build_info = build_info()
+        self._build = build_info()
 
     def describe(self) -> list:
         return []  # families are dynamic; skip the registry's duplicate-name check
 
-    def collect(self):
-        mv = ["model", "version"]
-        duration = HistogramMetricFamily(
-            "rnnserve_request_duration_seconds",
-            "End-to-end request latency inside the server (one stream message = one request).",
-            labels=mv + ["api", "kind", "code"])
-        requests = CounterMetricFamily(
-            "rnnserve_requests", "Finished requests by API, call kind and gRPC status.",
-            labels=mv + ["api", "kind", "code"])
-        failures = CounterMetricFamily(
-            "rnnserve_request_failures", "Requests that ended with a gRPC status other than OK.",
-            labels=mv + ["api", "kind", "code"])
-        texts = CounterMetricFamily(
-            "rnnserve_texts", "Texts in successfully finished requests.",
-            labels=mv + ["api", "kind"])
-        queue = HistogramMetricFamily(
-            "rnnserve_queue_wait_seconds", "Per-row wait in the batcher queue before execution.",
-            labels=mv)
-        compute = HistogramMetricFamily(
-            "rnnserve_compute_seconds",
-            "Per-batch ONNX Runtime phases: input tensors, session.run (infer), outputs.",
-            labels=mv + ["phase"])
-        tokenize = HistogramMetricFamily(
-            "rnnserve_tokenize_seconds", "Tokenization time of one batch's rows.", labels=mv)
-        batch_size = HistogramMetricFamily(
-            "rnnserve_batch_size", "Rows per ONNX Runtime call.", labels=mv)
-        padding = HistogramMetricFamily(
-            "rnnserve_padding_ratio",
-            "Padded input cells / real tokens per ONNX Runtime call (1 = no padding).",
-            labels=mv)
-        executions = CounterMetricFamily(
-            "rnnserve_executions", "ONNX Runtime calls (batches) executed.", labels=mv)
-        tokens = CounterMetricFamily(
-            "rnnserve_tokens", "Real (unpadded) tokens run through the model.", labels=mv)
-        padded = CounterMetricFamily(
-            "rnnserve_padded_tokens", "Input tensor cells including padding.", labels=mv)
-        pending = GaugeMetricFamily(
-            "rnnserve_pending_requests", "Requests accepted and not finished yet.", labels=mv)
-        open_seq = GaugeMetricFamily(
-            "rnnserve_open_sequences", "Sequences holding state on the server.", labels=mv)
-        state = GaugeMetricFamily(
-            "rnnserve_sequence_state_bytes", "Memory held by open sequences' state.", labels=mv)
-        events = CounterMetricFamily(
-            "rnnserve_sequence_events",
-            "Sequence lifecycle events (started, ended, expired, evicted, restarted, exported, "
-            "imported).",
-            labels=mv + ["event"])
-        last = GaugeMetricFamily(
-            "rnnserve_last_inference_timestamp_seconds",
-            "Unix time of the last successful request (0 = none yet).", labels=mv)
-        load = GaugeMetricFamily(
-            "rnnserve_model_load_seconds", "Time it took to load the model version.", labels=mv)
-        provider = InfoMetricFamily(
-            "rnnserve_execution_provider", "ONNX Runtime execution provider in use.",
-            labels=mv)
-        for telemetry in self._server.models():
-            snap = telemetry.snapshot()
-            key = [snap.model, snap.version]
-            for series in snap.requests:
-                labels = key + [series.api, series.kind, series.code]
-                buckets, total = _cumulative(series.hist, 1e-9)
-                duration.add_metric(labels, buckets, total)
-                requests.add_metric(labels, series.hist.count)
-                if not series.ok:
-                    failures.add_metric(labels, series.hist.count)
-            for api in sorted({s.api for s in snap.requests}):
-                for kind in sorted({s.kind for s in snap.requests if s.api == api}):
-                    texts.add_metric(key + [api, kind], sum(
-                        s.texts for s in snap.requests if s.ok and (s.api, s.kind) == (api, kind)))
-            queue.add_metric(key, *_cumulative(snap.queue, 1e-9))
-            for phase in PHASES:
-                compute.add_metric(key + [phase], *_cumulative(snap.phases[phase], 1e-9))
-            tokenize.add_metric(key, *_cumulative(snap.tokenize, 1e-9))
-            batch_size.add_metric(key, *_batch_size_buckets(snap.batches))
-            padding.add_metric(key, *_cumulative(snap.padding))
-            executions.add_metric(key, sum(b.count for b in snap.batches))
-            tokens.add_metric(key, snap.real_tokens)
-            padded.add_metric(key, snap.padded_tokens)
-            pending.add_metric(key, snap.pending)
-            open_seq.add_metric(key, snap.open_sequences)
-            state.add_metric(key, snap.state_bytes)
-            for event, count in snap.sequence_events.items():
-                events.add_metric(key + [event], count)
-            last.add_metric(key, snap.last_inference_ms / 1000.0)
-            if snap.load_seconds is not None:
-                load.add_metric(key, snap.load_seconds)
-            for name in snap.providers[:1]:
-                provider.add_metric(key, {"provider": name})
+    def collect(self) -> Iterator[Metric]:
         yield InfoMetricFamily("rnnserve_build", "rnnserve build and runtime versions.",
-                               value=self._build_info)
-        yield from (duration, requests, failures, texts, queue, compute, tokenize, batch_size,
-                    padding, executions, tokens, padded, pending, open_seq, state, events, last,
-                    load, provider)
+                               value=self._build)
+        yield from self._server._collect()
 
 
 class ServerTelemetry:
-    """All telemetry of one server: its models and its own ``CollectorRegistry``.
+    """All telemetry of one server (or, with ``multiprocess_dir``, of one process of it).
 
-    ``enabled=False``: models are created with ``histograms=False`` and nothing is registered,
-    so a scrape (if anyone started an endpoint anyway) returns an empty body; statistics()
-    keeps working because KServe statistics are part of the protocol.
+    ``multiprocess_dir``: a directory prepared by :func:`prepare_multiprocess_dir`; this
+    process records there and reads everyone's totals from there. No environment variable is
+    needed (``PROMETHEUS_MULTIPROC_DIR`` is ignored by rnnserve's metrics; setting it is
+    harmless). Process and GC collectors are only added without ``multiprocess_dir`` (they
+    would describe just the scraped process).
+
+    ``enabled=False``: nothing is registered, so a scrape returns an empty body, and the hooks
+    record only what ``statistics()`` needs (KServe statistics are part of the protocol).
     """
 
     def __init__(self, *, enabled: bool = True, process_metrics: bool = True,
-                 multiprocess_dir=None) -> None:
+                 multiprocess_dir: Path | str | None = None) -> None:
         self.enabled = enabled
+        self.multiprocess_dir = Path(multiprocess_dir) if multiprocess_dir is not None else None
+        self._value_class = (values.MutexValue if multiprocess_dir is None
+                             else value_class(self.multiprocess_dir))
+        self._families = _Families(enabled)
         self.registry = CollectorRegistry(auto_describe=False)
         self._models: dict[tuple[str, str], ModelTelemetry] = {}
         self._lock = threading.Lock()
         if enabled:
-            self.registry.register(TelemetryCollector(self))
-            if process_metrics:
+            self.registry.register(_View(self))
+            if process_metrics and multiprocess_dir is None:
                 ProcessCollector(registry=self.registry)
                 GCCollector(registry=self.registry)
 
@@ -618,14 +590,25 @@ class ServerTelemetry:
         with self._lock:
             telemetry = self._models.get(key)
             if telemetry is None:
-                telemetry = ModelTelemetry(name, key[1], histograms=self.enabled)
-                self._models[key] = telemetry
+                telemetry = self._models[key] = ModelTelemetry(self, name, key[1])
             return telemetry
 
     def remove_model(self, name: str, version: str | int) -> None:
-        """Forget a model version (unloaded); its series disappear from the next scrape."""
+        """Forget a model version (unloaded). In one process its series disappear from the
+        next scrape (a later ``model()`` starts from zero). With ``multiprocess_dir`` the
+        value files cannot forget: this process's live gauges of it drop to 0 and its
+        counters stay as they are (a reload continues them)."""
         with self._lock:
-            self._models.pop((name, str(version)), None)
+            telemetry = self._models.pop((name, str(version)), None)
+        if self.multiprocess_dir is not None:
+            if telemetry is not None:
+                telemetry._zero_live_gauges()
+            return
+        labels = {"model": name, "version": str(version)}
+        with warnings.catch_warnings():  # prometheus_client warns if the env var is set
+            warnings.simplefilter("ignore")
+            for metric in self._families.all:
+                metric.remove_by_labels(labels)
 
     def models(self) -> list[ModelTelemetry]:
         with self._lock:
@@ -635,10 +618,26 @@ class ServerTelemetry:
         """The text exposition format of this server's registry (what /metrics serves)."""
         return generate_latest(self.registry)
 
+    # ------------------------------------------------------------------------ internal
 
-def prepare_multiprocess_dir(path) -> None:
-    """Placeholder until the multiprocess telemetry lands."""
+    def _collect(self, statistics: bool = False) -> Iterator[Metric]:
+        """rnnserve's families with current values: this object's metrics, or the merge of
+        every process's files in ``multiprocess_dir``."""
+        if self.multiprocess_dir is None:
+            metrics = self._families.for_statistics if statistics else self._families.all
+            for metric in metrics:
+                for family in metric.collect():
+                    yield _clean(family)
+        else:
+            files = glob.glob(os.path.join(self.multiprocess_dir, "*.db"))
+            for family in MultiProcessCollector.merge(files, accumulate=True):
+                yield _clean(family)
 
-
-def mark_process_dead(pid: int, path) -> None:
-    """Placeholder until the multiprocess telemetry lands."""
+    def _retire(self, metric, labels: Sequence[str]) -> None:
+        """Take one series out of the exposition: set to 0 (the view hides 0-valued info
+        gauges, which is all a file can do) and, in one process, remove it."""
+        _child(metric, self._value_class, labels).set(0)
+        if self.multiprocess_dir is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                metric.remove(*labels)

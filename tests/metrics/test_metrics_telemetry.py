@@ -16,6 +16,7 @@ from rnnserve.server.telemetry import (
     REQUEST_BUCKETS,
     ModelTelemetry,
     ServerTelemetry,
+    prepare_multiprocess_dir,
 )
 
 CODES = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
@@ -72,9 +73,13 @@ def total(samples: dict[str, list], name: str, **labels: str) -> float:
                if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-@pytest.fixture()
-def server() -> ServerTelemetry:
-    return ServerTelemetry(process_metrics=False)
+@pytest.fixture(params=["memory", "files"])
+def server(request, tmp_path) -> ServerTelemetry:
+    """Each test runs in-memory and in multiprocess mode (this process's files only)."""
+    if request.param == "memory":
+        return ServerTelemetry(process_metrics=False)
+    return ServerTelemetry(process_metrics=False,
+                           multiprocess_dir=prepare_multiprocess_dir(tmp_path / "mp"))
 
 
 def test_statistics_match_what_was_sent(server):
@@ -119,8 +124,18 @@ def test_prometheus_agrees_with_statistics(server):
     for phase in ("input", "infer", "output"):
         assert total(s, "rnnserve_compute_seconds_count", phase=phase, **key) == \
             stats.execution_count
+        # batch_stats are exactly the per-size counters (seconds rounded to integer ns) ...
+        for b in stats.batch_stats:
+            size = str(b.batch_size)
+            assert getattr(b, f"compute_{phase}").ns == round(1e9 * total(
+                s, "rnnserve_batch_compute_seconds_total", phase=phase, batch_size=size, **key))
+        # ... whose sum is the histogram's, up to that rounding.
         assert total(s, "rnnserve_compute_seconds_sum", phase=phase, **key) == pytest.approx(
-            sum(getattr(b, f"compute_{phase}").ns for b in stats.batch_stats) / 1e9, rel=1e-9)
+            sum(getattr(b, f"compute_{phase}").ns for b in stats.batch_stats) / 1e9,
+            abs=1e-9 * len(stats.batch_stats))
+    for b in stats.batch_stats:
+        assert total(s, "rnnserve_batch_executions_total", batch_size=str(b.batch_size),
+                     **key) == b.compute_infer.count
     assert total(s, "rnnserve_tokens_total", **key) == sent["real"]
     assert total(s, "rnnserve_padded_tokens_total", **key) == sent["padded"]
     assert total(s, "rnnserve_padding_ratio_count", **key) == stats.execution_count
@@ -188,9 +203,14 @@ def test_disabled_metrics_keep_statistics_and_export_nothing():
     a.last_inference = b.last_inference = 0
     assert a == b
     assert disabled.exposition() == b""
-    snap = off.snapshot()
-    assert not any(snap.queue.counts) and not any(snap.phases["infer"].counts)
-    assert not any(any(series.hist.counts) for series in snap.requests)
+    # Only what ModelStatistics needs was recorded: no phase histograms, no token counters,
+    # and request latency without its buckets.
+    recorded = {(s.name, s.labels.get("le")): s.value for s in off.snapshot() if s.value}
+    assert not any(name.startswith(("rnnserve_compute_seconds", "rnnserve_tokens",
+                                    "rnnserve_padding", "rnnserve_executions"))
+                   for name, _ in recorded)
+    assert ("rnnserve_request_duration_seconds_bucket", "0.01") not in recorded
+    assert ("rnnserve_request_duration_seconds_bucket", "+Inf") in recorded
 
 
 def test_servers_in_one_process_are_isolated():
@@ -203,6 +223,25 @@ def test_servers_in_one_process_are_isolated():
     first.remove_model("m", 1)
     assert "rnnserve_requests_total" not in scrape(first)
     assert "rnnserve_build_info" in scrape(first)
+    assert first.model("m", 1).statistics().inference_stats.success.count == 0  # a fresh start
+
+
+def test_removed_model_in_multiprocess_mode_keeps_counters_and_zeroes_gauges(tmp_path):
+    server = ServerTelemetry(process_metrics=False,
+                             multiprocess_dir=prepare_multiprocess_dir(tmp_path))
+    model = server.model("m", 1)
+    model.request_finished(api="text", kind="unary", code=grpc.StatusCode.OK, seconds=0.01,
+                           texts=1)
+    model.set_pending(7)
+    model.set_open_sequences(2, 100)
+    model.set_execution_providers("CPUExecutionProvider")
+    server.remove_model("m", 1)
+    s = scrape(server)
+    assert total(s, "rnnserve_requests_total", model="m") == 1
+    assert total(s, "rnnserve_pending_requests", model="m") == 0
+    assert total(s, "rnnserve_open_sequences", model="m") == 0
+    assert "rnnserve_execution_provider_info" not in s
+    assert server.model("m", 1).statistics().inference_stats.success.count == 1  # continues
 
 
 def test_process_collectors_are_on_the_servers_registry():
@@ -220,6 +259,9 @@ def test_execution_provider_and_load_time(server):
     assert total(s, "rnnserve_model_load_seconds", version="2") == 0.25
     (build,) = s["rnnserve_build_info"]
     assert {"version", "python", "onnxruntime", "grpcio"} <= set(build.labels)
+    telemetry.set_execution_providers(["CPUExecutionProvider"])   # only the new one is shown
+    (info,) = scrape(server)["rnnserve_execution_provider_info"]
+    assert info.labels["provider"] == "CPUExecutionProvider" and info.value == 1
 
 
 def test_concurrent_hooks_lose_nothing(server):
