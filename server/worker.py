@@ -57,11 +57,13 @@ async def serve_frontend(settings, sock: socket.socket, index: int, multiprocess
         log_event(log, "startup_failed", level=logging.ERROR, worker=index,
                   error=f"{starting.exception()}")
         return 1
-    if lost in done and not server.stopped.is_set() and not signals:
+    if lost not in done:            # serving (or draining): until stopped or the engine is gone
+        done, _ = await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if lost in done and not server.stopped.is_set():
         log_event(log, "engine_lost", level=logging.ERROR, worker=index)
+        starting.cancel()
         await server.abort()
         return 1
-    await server.stopped.wait()
     registry.link.close()
     return 0
 

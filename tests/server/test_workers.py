@@ -367,3 +367,14 @@ def test_health_is_not_serving_before_the_engine_is_warm(tiny_repository):
     assert first_serving >= max(loaded) - 0.002, (first_serving, loaded)
     assert all(status != health_pb2.HealthCheckResponse.SERVING
                for t, status in seen if t < max(loaded) - 0.002)
+
+
+def test_front_ends_exit_when_the_engine_process_is_killed(tiny_repository):
+    server = start_server(tiny_repository, subprocess=True, workers=2)
+    pids = _worker_pids(server)
+    server.process.kill()
+    server.wait(30)
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), "front-ends outlived their engine process"
