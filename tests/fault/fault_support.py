@@ -35,6 +35,12 @@ WORDS = ["good", "great", "fine", "awful", "bad", "boring", "fun", "movie", "fil
          "story", "ending", "music"]
 
 
+#: How far a case got, by the status it ended with: the model lookup (NOT_FOUND), request
+#: validation (INVALID_ARGUMENT), the engine (admission, sequences, state: anything else), or
+#: a full answer (OK).
+DEPTH = {"NOT_FOUND": "lookup", "INVALID_ARGUMENT": "validation", "OK": "answered"}
+
+
 class StatusTally:
     """Thread-safe count of answers per (api, status) with the offending examples kept."""
 
@@ -63,6 +69,13 @@ class StatusTally:
             statuses = ", ".join(f"{code}={n}" for (a, code), n in sorted(self.counts.items())
                                  if a == api)
             lines.append(f"   {api}: {self.cases[api]} cases; {statuses}")
+            depth = Counter()
+            for (a, code), n in self.counts.items():
+                if a == api:
+                    depth[DEPTH.get(code, "engine")] += n
+            lines.append(f"   {api} depth: " + ", ".join(
+                f"{stage}={depth[stage]}" for stage in ("lookup", "validation", "engine",
+                                                         "answered") if depth[stage]))
         for api, code, details, example in self.bad:
             lines.append(f"   UNDOCUMENTED {api} {code.name}: {details!r} for {example}")
         return "\n".join(lines)
