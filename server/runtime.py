@@ -45,6 +45,7 @@ from rnnserve.repository import RepositoryMetadata
 from .cuda_probe import CudaProbe, probe_cuda
 from .logs import log_event
 from .settings import ServerSettings
+from .state_pool import DeviceTensor
 
 log = logging.getLogger("rnnserve.server.runtime")
 
@@ -186,14 +187,17 @@ def cpu_pin_reason(metadata: RepositoryMetadata, settings: ServerSettings) -> st
     return ""
 
 
-def open_session(path: Path, settings: ServerSettings, provider: str) -> ort.InferenceSession:
-    """An ORT session on ``provider`` with ORT's own fallback off; for CUDA, raises unless
-    CUDA really is the session's first provider. Prints nothing."""
+def open_session(model: Path | bytes, settings: ServerSettings,
+                 provider: str) -> ort.InferenceSession:
+    """An ORT session of ``model`` (a file or serialized bytes) on ``provider`` with ORT's own
+    fallback off; for CUDA, raises unless CUDA really is the session's first provider.
+    Prints nothing."""
     options = session_options(settings)
     providers: list = [(CUDA, cuda_provider_options(settings)), CPU] if provider == CUDA \
         else [CPU]
+    source = model if isinstance(model, bytes) else str(model)
     with contextlib.redirect_stdout(io.StringIO()):
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers,
+        session = ort.InferenceSession(source, sess_options=options, providers=providers,
                                        enable_fallback=0)
     if provider == CUDA and session.get_providers()[0] != CUDA:
         raise RuntimeError("ORT created the session without the CUDA provider (its library "
@@ -242,7 +246,8 @@ class OnnxModel:
         self._zeros.flags.writeable = False
         self._logits_only = ["logits"]
         self._all_outputs = ["logits", *self.state_out_names]
-        self._device: _DeviceBuffers | None = None
+        self._device: _DeviceBuffers | None = None       # IOBinding path of run() (CUDA)
+        self._bound: _DeviceBuffers | None = None        # IOBinding path of run_bound()
         #: Why this model runs on CPU although CUDA is usable ("" otherwise).
         self.pinned = ""
         started = time.perf_counter()
@@ -279,8 +284,23 @@ class OnnxModel:
         self.session = open_session(self.path, self.settings, provider)
         self.provider = self.session.get_providers()[0]
         _check_signature(self.session, self.metadata, self.path)
-        self._device = _DeviceBuffers(self, self.settings.cuda_device_id) \
-            if self.provider == CUDA else None
+        self._device = _DeviceBuffers(self) if self.provider == CUDA else None
+        self._bound = self._device
+
+    @property
+    def device_name(self) -> str:
+        """ORT's name of the memory this model's session computes in: "cuda" or "cpu"."""
+        return "cuda" if self.provider == CUDA else "cpu"
+
+    @property
+    def uses_device_pool(self) -> bool:
+        """Sequence state of this model will live in device memory (``state_pool``)."""
+        mode = self.settings.state_pool
+        return mode == "device" or (mode == "auto" and self.provider == CUDA)
+
+    @property
+    def device_id(self) -> int:
+        return self.settings.cuda_device_id if self.provider == CUDA else 0
 
     def _first_run(self) -> None:
         """One 1-row, 1-step run in every binding mode (where a CUDA session that was
@@ -292,6 +312,13 @@ class OnnxModel:
         output state wanted or not (each binds different buffers on CUDA)."""
         ids = np.ones((batch, steps), dtype=np.int64)
         lengths = np.full(batch, steps, dtype=np.int64)
+        if self.uses_device_pool:
+            shape = (batch, *self.state_shape)
+            self.run_bound(ids, lengths,
+                           [DeviceTensor(shape, self.device_name, self.device_id)
+                            for _ in self.state_names],
+                           [DeviceTensor(shape, self.device_name, self.device_id)
+                            for _ in self.state_names])
         if self._device is None:      # plain feeds: one path whatever the mode
             self.run(ids, lengths, None, want_state=True)
             return
@@ -343,6 +370,16 @@ class OnnxModel:
             return logits, tuple(out)
         return self.session.run(self._logits_only, feeds)[0], ()
 
+    def run_bound(self, ids: np.ndarray, lengths: np.ndarray, states: Sequence,
+                  outputs: Sequence) -> np.ndarray:
+        """Run one batch of B rows with input and output state in device memory (the device
+        state pool's path): ``states`` and ``outputs`` are one server.state_pool.DeviceTensor
+        per state name, of at least B rows, on this model's device; their first B rows are
+        bound. Returns logits float32 [B, labels] on the host."""
+        if self._bound is None:
+            self._bound = _DeviceBuffers(self)
+        return self._bound.run_bound(ids, lengths, states, outputs)
+
     def calibrate(self, max_batch: int, chunk_length: int, repeats: int = 3) -> CostModel | None:
         """Fit :class:`CostModel` from a few timed zero-state runs (best of ``repeats``):
         batch 1 and ``max_batch`` at two lengths. None when the shapes allow no fit."""
@@ -393,7 +430,8 @@ class OnnxModel:
 
 
 class _DeviceBuffers:
-    """CUDA I/O binding with preallocated device memory (one caller at a time).
+    """I/O binding with preallocated device memory (one caller at a time); the device is the
+    model's ("cuda", or "cpu" when the device state pool is driven on CPU).
 
     - token ids and lengths are bound from host memory (ORT copies them up once);
     - an all-zero input state is bound to one preallocated zeroed device buffer of
@@ -403,15 +441,30 @@ class _DeviceBuffers:
       way, so they never travel back to the host; logits (and wanted states) are fetched.
     """
 
-    def __init__(self, model: OnnxModel, device_id: int) -> None:
+    def __init__(self, model: OnnxModel) -> None:
         self.model = model
-        self.device_id = device_id
+        self.device = model.device_name
+        self.device_id = model.device_id
         shape = (model.max_batch_size, *model.state_shape)
-        self.zeros = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), "cuda",
-                                                      device_id)
-        self.scratch = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda",
-                                                                  device_id)
+        self.zeros = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), self.device,
+                                                      self.device_id)
+        self.scratch = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32,
+                                                                  self.device, self.device_id)
                         for _ in model.state_out_names]
+
+    def run_bound(self, ids, lengths, states, outputs) -> np.ndarray:
+        model = self.model
+        batch = ids.shape[0]
+        binding = model.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("lengths", lengths)      # the RNN kernels read it on the host
+        for name, tensor in zip(model.state_names, states, strict=True):
+            tensor.bind_input(binding, name, batch)
+        binding.bind_output("logits", "cpu")
+        for name, tensor in zip(model.state_out_names, outputs, strict=True):
+            tensor.bind_output(binding, name, batch)
+        model.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
 
     def run(self, ids, lengths, states, *, want_state):
         model = self.model
@@ -422,10 +475,10 @@ class _DeviceBuffers:
         shape = (batch, *model.state_shape)
         binding = model.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("lengths", lengths)
+        binding.bind_cpu_input("lengths", lengths)      # the RNN kernels read it on the host
         for index, name in enumerate(model.state_names):
             if states is None:
-                binding.bind_input(name, "cuda", self.device_id, np.float32, shape,
+                binding.bind_input(name, self.device, self.device_id, np.float32, shape,
                                    self.zeros.data_ptr())
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(states[index]))
@@ -434,7 +487,7 @@ class _DeviceBuffers:
             if want_state:
                 binding.bind_output(name, "cpu")
             else:
-                binding.bind_output(name, "cuda", self.device_id, np.float32, shape,
+                binding.bind_output(name, self.device, self.device_id, np.float32, shape,
                                     self.scratch[index].data_ptr())
         model.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
