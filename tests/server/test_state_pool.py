@@ -171,3 +171,26 @@ def test_sequences_move_between_device_and_host_pools(device_server, server, stu
             state=back.state), timeout=10)
         np.testing.assert_allclose(step(dev, model, chunks[3], 7301, end=True), expected[3],
                                    atol=TOLERANCE, rtol=0)
+
+
+def test_every_binding_mode_equals_plain_feeds(tiny_repository):
+    """The CUDA path's IOBinding (zero state bound to a device buffer, given state copied
+    in, unwanted output state left in a scratch buffer), driven on the CPU device, answers
+    exactly what plain feeds answer, in each of the modes warm-up runs."""
+    from rnnserve.server.runtime import _DeviceBuffers
+
+    model, meta = _cpu_model(tiny_repository)
+    bound = _DeviceBuffers(model)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, meta.vocab_size, size=(3, 5)).astype(np.int64)
+    lengths = np.array([5, 1, 3], np.int64)
+    given = [rng.standard_normal((3, *meta.state_shape)).astype(np.float32)
+             for _ in meta.state_names]
+    for states in (None, given):
+        for want_state in (True, False):
+            logits, out = model.run(ids, lengths, states, want_state=want_state)
+            got, got_out = bound.run(ids, lengths, states, want_state=want_state)
+            np.testing.assert_array_equal(got, logits)
+            assert len(got_out) == len(out) == (len(meta.state_names) if want_state else 0)
+            for a, b in zip(got_out, out, strict=True):
+                np.testing.assert_array_equal(a, b)
