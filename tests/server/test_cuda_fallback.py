@@ -52,15 +52,26 @@ def _events(stderr: str) -> list[dict]:
     return events
 
 
+def _child(args: list[str], env: dict[str, str], logs: Path,
+           timeout: float = 180) -> tuple[int, str, str]:
+    """Run a child with stdout and stderr in files (no pipe a stray descendant could hold
+    open); (exit status, stdout, stderr)."""
+    out, err = logs.with_suffix(".out"), logs.with_suffix(".err")
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run(args, env=env, stdout=stdout, stderr=stderr, timeout=timeout,
+                              check=False).returncode
+    return code, out.read_text(), err.read_text()
+
+
 def _load(model_dir: Path, device: str, env: dict[str, str], tmp_path: Path):
     result = tmp_path / f"result-{device}.json"
-    proc = subprocess.run([sys.executable, str(DRIVER), str(model_dir), device, str(result)],
-                          check=False, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout == "", f"something printed on stdout: {proc.stdout[:500]}"
+    code, stdout, stderr = _child([sys.executable, str(DRIVER), str(model_dir), device,
+                                   str(result)], env, tmp_path / f"load-{device}")
+    assert code == 0, stderr[-3000:]
+    assert stdout == "", f"something printed on stdout: {stdout[:500]}"
     for noise in ORT_NOISE:
-        assert noise not in proc.stderr, proc.stderr[-2000:]
-    return json.loads(result.read_text()), _events(proc.stderr)
+        assert noise not in stderr, stderr[-2000:]
+    return json.loads(result.read_text()), _events(stderr)
 
 
 # case -> (uses the cuDNN stubs, stub settings, what the reason must say)
@@ -172,52 +183,54 @@ def test_tf32_is_an_explicit_setting():
     assert cuda_provider_options(ServerSettings(cuda_tf32=True))["use_tf32"] == "1"
 
 
-def _serve(repository: Path, device: str, env: dict[str, str]) -> subprocess.Popen:
-    env = {**env, "RNNSERVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
-         "--device", device, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def _serve(repository: Path, device: str) -> list[str]:
+    return [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
+            "--device", device, "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1"]
 
 
-def test_server_device_cuda_exits_with_the_reason(stubs, tiny_repository):
-    proc = _serve(tiny_repository, "cuda", _env(list(stubs), STUB_CUDA_DEVICES="0"))
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr[-2000:]
+def _server_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, "RNNSERVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+
+
+def test_server_device_cuda_exits_with_the_reason(stubs, tiny_repository, tmp_path):
+    code, stdout, stderr = _child(_serve(tiny_repository, "cuda"),
+                                  _server_env(_env(list(stubs), STUB_CUDA_DEVICES="0")),
+                                  tmp_path / "server")
+    assert code == 1, stderr[-2000:]
     assert stdout == ""
     failed = [e for e in _events(stderr) if e.get("event") == "startup_failed"]
     assert len(failed) == 1 and "the NVIDIA driver sees 0 CUDA devices" in failed[0]["error"]
     assert "Traceback" not in stderr
 
 
-def test_server_auto_serves_on_cpu_after_a_provider_failure(stubs, tiny_repository):
+def test_server_auto_serves_on_cpu_after_a_provider_failure(stubs, tiny_repository, tmp_path):
     """The real server, ORT's CUDA provider failing past the probe: it logs one fallback
     warning, reports CPU, answers, and shuts down cleanly; stdout stays empty."""
-    proc = _serve(tiny_repository, "auto", _env(list(stubs)))
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if '"event": "ready"' in line:
-                break
-        events = _events("".join(lines))
-        ready = next(e for e in events if e.get("event") == "ready")
-        with grpc.insecure_channel(f"127.0.0.1:{ready['port']}") as channel:
-            reply = sentiment_pb2_grpc.SentimentStub(channel).Classify(
-                sentiment_pb2.ClassifyRequest(model="tiny-lstm", texts=["a good film"]),
-                timeout=30)
-        assert len(reply.predictions) == 1
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        stdout, rest = proc.communicate(timeout=60)
-    events = _events("".join(lines) + rest)
+    out, err = tmp_path / "server.out", tmp_path / "server.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(_serve(tiny_repository, "auto"), stdout=stdout, stderr=stderr,
+                                env=_server_env(_env(list(stubs))))
+        try:
+            deadline = time.monotonic() + 120
+            ready = None
+            while ready is None and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.2)
+                ready = next((e for e in _events(err.read_text())
+                              if e.get("event") == "ready"), None)
+            assert ready is not None, err.read_text()[-3000:]
+            with grpc.insecure_channel(f"127.0.0.1:{ready['port']}") as channel:
+                reply = sentiment_pb2_grpc.SentimentStub(channel).Classify(
+                    sentiment_pb2.ClassifyRequest(model="tiny-lstm", texts=["a good film"]),
+                    timeout=30)
+            assert len(reply.predictions) == 1
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    logs = err.read_text()
+    events = _events(logs)
     assert proc.returncode == 0
-    assert stdout == ""
-    assert not any(noise in "".join(lines) + rest for noise in ORT_NOISE)
+    assert out.read_text() == ""
+    assert not any(noise in logs for noise in ORT_NOISE)
     fallbacks = [e for e in events if e.get("event") == "execution_provider_fallback"]
     assert len(fallbacks) == 1 and "CUDA failure 999" in fallbacks[0]["reason"]
     loaded = [e for e in events if e.get("event") == "model_loaded"]
