@@ -14,8 +14,9 @@ as it finishes, failures collected and the exit status 1 if any:
 6. fp16 vs fp32 on CUDA (max diff, argmax agreement); int8 reported pinned to CPU;
 7. fallback: ``CUDA_VISIBLE_DEVICES=`` makes ``--device cuda`` refuse and ``auto`` fall back;
 8. 30 s of a two-instance CUDA server under random shapes, answers checked against CPU;
-9. bench: model latency for B in {1, 64} x T in {16, 256} (CUDA and CPU), then server
-   throughput with instances 1, 2, 4, ... up to the CPU count.
+9. bench: model latency for B in {1, 64} x T in {16, 256} (CUDA and CPU); one stream step
+   of 64 sequences with the host and the device state pool; server throughput with
+   instances 1, 2, 4, ... up to the CPU count.
 
 ``--cpu-smoke`` runs everything with CPU in place of CUDA (no assertion that CUDA is active,
 no fallback or bench sections): how the script itself is tested without a GPU.
@@ -417,6 +418,24 @@ def bench(repo: Path, gpu: str, seconds: float) -> None:
             times = [_timed(lambda m=m, i=ids, n=lengths: m.run(i, n, None, want_state=False))
                      for m in (cpu, dev)]
             say(f"  {batch:>3} {steps:>4} {times[0]:>9.3f} {times[1]:>9.3f}")
+
+    section("bench: one stream step (64 sequences x 16 tokens, chk-bench), median ms")
+    from rnnserve.server.execution import BatchExecutor, Row
+    from rnnserve.server.state_pool import StatePool
+
+    _, meta = _metadata(repo, "chk-bench")
+    for device, mode in (("cpu", "host"), (gpu, "host"), (gpu, "device")):
+        model, _ = _model(repo, "chk-bench", device, state_pool=mode)
+        pool = StatePool(len(meta.state_names), 128, meta.state_shape)
+        executor = BatchExecutor(model, max_batch_size=64, chunk_length=16,
+                                 pad_id=meta.pad_id, pool=pool)
+        rng = np.random.default_rng(6)
+
+        def one_step(executor=executor, rng=rng) -> None:
+            executor.execute([Row(rng.integers(1, meta.vocab_size, size=16), None,
+                                  slot=slot, fresh=False) for slot in range(0, 128, 2)])
+
+        say(f"  {device:>4} {mode:>6} pool: {_timed(one_step, 30):.3f} ms")
 
     section(f"bench: server throughput, 64 clients x 1 text, {seconds:g} s per point")
     cores = os.cpu_count() or 1

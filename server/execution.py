@@ -329,29 +329,25 @@ class BatchExecutor:
         inputs = self._zeros
         if stateful or carried:
             inputs = self._in
-            for tensor, target in zip(pool.tensors, self._in, strict=True):
-                pool.gather(tensor, index, target)
+            pool.gather(pool.tensors, index, self._in)
             if carried:
                 positions = np.array(carried, dtype=np.int64)
-                order = np.arange(len(carried), dtype=np.int64)
-                for k, target in enumerate(self._in):
-                    values = np.stack([rows[i].state[k] for i in carried])
-                    pool.scatter(target, positions, values, order, target_rows=batch)
+                values = [np.stack([rows[i].state[k] for i in carried])
+                          for k in range(len(self._in))]
+                pool.scatter(self._in, positions, values,
+                             np.arange(len(carried), dtype=np.int64), target_rows=batch)
         assembled = time.perf_counter()
         logits = self.model.run_bound(ids, lengths, inputs, self._out)
         inferred = time.perf_counter()
         slot_rows = [i for i, row in enumerate(rows) if row.slot >= 0]
         if slot_rows:
             slots = np.array([rows[i].slot for i in slot_rows], dtype=np.int64)
-            positions = np.array(slot_rows, dtype=np.int64)
-            for tensor, source in zip(pool.tensors, self._out, strict=True):
-                pool.scatter(tensor, slots, source, positions)
+            pool.scatter(pool.tensors, slots, self._out, np.array(slot_rows, dtype=np.int64))
         going_on = [i for i, row in enumerate(rows)
                     if row.slot < 0 and steps[i] < row.ids.size - row.offset]
         continuing = set(going_on)
         if going_on:
-            positions = np.array(going_on, dtype=np.int64)
-            host = [pool.gather_to_host(source, positions) for source in self._out]
+            host = pool.gather_to_host(self._out, np.array(going_on, dtype=np.int64))
             for j, i in enumerate(going_on):
                 rows[i].state = tuple(array[j] for array in host)
         for i, row in enumerate(rows):

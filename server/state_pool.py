@@ -11,9 +11,10 @@ need, whatever the placement:
   one ORT value ``[capacity + 1, L*D, H]`` per state tensor on the session's device (CUDA, or
   CPU when a test drives the same code path); row ``capacity`` is all zeros and never
   written, so "start from zero state" is a gather of that row. Gather and scatter run on the
-  device as two tiny ORT graphs (``Gather``; ``Gather`` + ``ScatterND`` whose output is bound
-  to the pool value itself, so rows are updated in place): per step only token ids, lengths,
-  row indices and logits cross the host boundary.
+  device as two tiny ORT graphs over all state tensors at once (``Gather``; ``Gather`` +
+  ``ScatterND`` whose output is bound to the pool value itself, so rows are updated in
+  place): per step two small ORT calls, and only token ids, lengths, row indices and logits
+  cross the host boundary.
 
 Invariants: placement happens before any sequence is opened (BatchExecutors are built when
 the engine starts) and copies whatever the host arrays hold; a slot is written by at most one
@@ -84,26 +85,35 @@ def onnx_model(name: str, nodes: Sequence[bytes], inputs: Sequence[bytes],
             + _field(8, _field(1, "") + _field(2, opset)))
 
 
-def gather_graph(rows: int, hidden: int) -> bytes:
-    """out[K, L, H] = src[rows]: ``src`` float [S, L, H], ``rows`` int64 [K]."""
+def gather_graph(rows: int, hidden: int, count: int = 1) -> bytes:
+    """``out{k}[K, L, H] = src{k}[rows]`` for k < ``count``: ``src{k}`` float [S, L, H],
+    ``rows`` int64 [K] (one call gathers every state tensor of a model)."""
     return onnx_model(
         "rnnserve_state_gather",
-        [_node("Gather", ["src", "rows"], ["out"], "gather", axis=0)],
-        [_value_info("src", FLOAT, ["S", rows, hidden]), _value_info("rows", INT64, ["K"])],
-        [_value_info("out", FLOAT, ["K", rows, hidden])])
+        [_node("Gather", [f"src{k}", "rows"], [f"out{k}"], f"gather{k}", axis=0)
+         for k in range(count)],
+        [*(_value_info(f"src{k}", FLOAT, ["S", rows, hidden]) for k in range(count)),
+         _value_info("rows", INT64, ["K"])],
+        [_value_info(f"out{k}", FLOAT, ["K", rows, hidden]) for k in range(count)])
 
 
-def scatter_graph(rows: int, hidden: int) -> bytes:
-    """dst_out = dst with dst[slots[i, 0]] = src[rows[i]]: ``dst`` float [S, L, H], ``slots``
-    int64 [K, 1], ``src`` float [B, L, H], ``rows`` int64 [K]. Bound with ``dst_out`` on
-    ``dst``'s memory the update is in place (ScatterND copies only when they differ)."""
+def scatter_graph(rows: int, hidden: int, count: int = 1) -> bytes:
+    """``dst_out{k}`` = ``dst{k}`` with ``dst{k}[slots[i, 0]] = src{k}[rows[i]]`` for
+    k < ``count``: ``dst{k}`` float [S, L, H], ``slots`` int64 [K, 1], ``src{k}`` float
+    [B, L, H], ``rows`` int64 [K]. Bound with ``dst_out{k}`` on ``dst{k}``'s memory the
+    update is in place (ScatterND copies only when they differ)."""
+    nodes = []
+    for k in range(count):
+        nodes.append(_node("Gather", [f"src{k}", "rows"], [f"picked{k}"], f"pick{k}", axis=0))
+        nodes.append(_node("ScatterND", [f"dst{k}", "slots", f"picked{k}"], [f"dst_out{k}"],
+                           f"scatter{k}"))
     return onnx_model(
-        "rnnserve_state_scatter",
-        [_node("Gather", ["src", "rows"], ["picked"], "pick", axis=0),
-         _node("ScatterND", ["dst", "slots", "picked"], ["dst_out"], "scatter")],
-        [_value_info("dst", FLOAT, ["S", rows, hidden]), _value_info("slots", INT64, ["K", 1]),
-         _value_info("src", FLOAT, ["B", rows, hidden]), _value_info("rows", INT64, ["K"])],
-        [_value_info("dst_out", FLOAT, ["S", rows, hidden])])
+        "rnnserve_state_scatter", nodes,
+        [*(_value_info(f"dst{k}", FLOAT, ["S", rows, hidden]) for k in range(count)),
+         _value_info("slots", INT64, ["K", 1]),
+         *(_value_info(f"src{k}", FLOAT, ["B", rows, hidden]) for k in range(count)),
+         _value_info("rows", INT64, ["K"])],
+        [_value_info(f"dst_out{k}", FLOAT, ["S", rows, hidden]) for k in range(count)])
 
 
 # -- device tensors ---------------------------------------------------------------------------
@@ -134,7 +144,9 @@ class DeviceTensor:
 
 
 class DevicePool:
-    """Pool values on one device plus the gather/scatter sessions that work on them."""
+    """Pool values on one device plus the gather/scatter sessions that work on them (one
+    pair for all state tensors at once, the worker's path; one for a single tensor, the
+    per-slot path)."""
 
     def __init__(self, host: Sequence[np.ndarray], model: OnnxModel) -> None:
         from .runtime import open_session
@@ -150,59 +162,70 @@ class DevicePool:
             DeviceTensor((capacity + 1, rows, hidden), self.device, self.device_id,
                          np.concatenate([array, np.zeros((1, rows, hidden), np.float32)]))
             for array in host)
-        self._gather = open_session(gather_graph(rows, hidden), model.settings, model.provider)
-        self._scatter = open_session(scatter_graph(rows, hidden), model.settings,
-                                     model.provider)
-        # warm-up: both graphs once (the zero row gathered, and rewritten with zeros)
+        self._sessions = {}
+        for count in sorted({1, len(host)}):
+            self._sessions[count] = tuple(
+                open_session(graph(rows, hidden, count), model.settings, model.provider)
+                for graph in (gather_graph, scatter_graph))
+        # warm-up: every graph once (the zero row gathered, and rewritten with zeros)
         zero = np.array([self.zero_row], np.int64)
-        for tensor in self.tensors:
-            self.gather_to_host(tensor, zero)
-            self.scatter(tensor, zero, np.zeros((1, rows, hidden), np.float32),
-                         np.zeros(1, np.int64))
+        for tensors in ({len(host): self.tensors, 1: self.tensors[:1]}).values():
+            self.gather_to_host(tensors, zero)
+            self.scatter(tensors, zero, [np.zeros((1, rows, hidden), np.float32)
+                                         for _ in tensors], np.zeros(1, np.int64))
 
     # the hot path (worker threads) --------------------------------------------------------
 
-    def gather(self, source: DeviceTensor, rows: np.ndarray, target: DeviceTensor) -> None:
-        """``target[:K] = source[rows]`` on the device (``rows`` int64 [K], host)."""
-        binding = self._gather.io_binding()
-        source.bind_input(binding, "src")
+    def gather(self, sources: Sequence[DeviceTensor], rows: np.ndarray,
+               targets: Sequence[DeviceTensor]) -> None:
+        """``targets[k][:K] = sources[k][rows]`` on the device (``rows`` int64 [K], host)."""
+        session = self._sessions[len(sources)][0]
+        binding = session.io_binding()
+        for k, (source, target) in enumerate(zip(sources, targets, strict=True)):
+            source.bind_input(binding, f"src{k}")
+            target.bind_output(binding, f"out{k}", len(rows))
         binding.bind_cpu_input("rows", rows)
-        target.bind_output(binding, "out", len(rows))
-        self._gather.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
 
-    def gather_to_host(self, source: DeviceTensor, rows: np.ndarray) -> np.ndarray:
-        """``source[rows]`` as a host array [K, L*D, H]."""
-        binding = self._gather.io_binding()
-        source.bind_input(binding, "src")
+    def gather_to_host(self, sources: Sequence[DeviceTensor],
+                       rows: np.ndarray) -> list[np.ndarray]:
+        """``sources[k][rows]`` as host arrays [K, L*D, H]."""
+        session = self._sessions[len(sources)][0]
+        binding = session.io_binding()
+        for k, source in enumerate(sources):
+            source.bind_input(binding, f"src{k}")
+            binding.bind_output(f"out{k}", "cpu")
         binding.bind_cpu_input("rows", rows)
-        binding.bind_output("out", "cpu")
-        self._gather.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        session.run_with_iobinding(binding)
+        return [value.numpy() for value in binding.get_outputs()]
 
-    def scatter(self, target: DeviceTensor, slots: np.ndarray,
-                source: DeviceTensor | np.ndarray, rows: np.ndarray,
+    def scatter(self, targets: Sequence[DeviceTensor], slots: np.ndarray,
+                sources: Sequence[DeviceTensor | np.ndarray], rows: np.ndarray,
                 target_rows: int | None = None) -> None:
-        """``target[slots[i]] = source[rows[i]]`` in place on the device; ``source`` is a
-        device tensor (its first ``max(rows)+1`` rows are read) or a host array."""
-        binding = self._scatter.io_binding()
-        target.bind_input(binding, "dst", target_rows)
-        target.bind_output(binding, "dst_out", target_rows)
+        """``targets[k][slots[i]] = sources[k][rows[i]]`` in place on the device; a source is
+        a device tensor (its first ``max(rows)+1`` rows are read) or a host array."""
+        session = self._sessions[len(targets)][1]
+        binding = session.io_binding()
+        for k, (target, source) in enumerate(zip(targets, sources, strict=True)):
+            target.bind_input(binding, f"dst{k}", target_rows)
+            target.bind_output(binding, f"dst_out{k}", target_rows)
+            if isinstance(source, DeviceTensor):
+                source.bind_input(binding, f"src{k}", int(rows.max()) + 1)
+            else:
+                binding.bind_cpu_input(f"src{k}", np.ascontiguousarray(source, np.float32))
         binding.bind_cpu_input("slots", slots.reshape(-1, 1))
-        if isinstance(source, DeviceTensor):
-            source.bind_input(binding, "src", int(rows.max()) + 1)
-        else:
-            binding.bind_cpu_input("src", np.ascontiguousarray(source, dtype=np.float32))
         binding.bind_cpu_input("rows", rows)
-        self._scatter.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
 
     # single slots (event loop: open, snapshot export and import) -------------------------
 
     def read(self, index: int, slot: int) -> np.ndarray:
-        return self.gather_to_host(self.tensors[index], np.array([slot], np.int64))[0]
+        return self.gather_to_host(self.tensors[index:index + 1],
+                                   np.array([slot], np.int64))[0][0]
 
     def write(self, index: int, slot: int, value) -> None:
         array = np.broadcast_to(np.asarray(value, np.float32), self.state_shape)[None]
-        self.scatter(self.tensors[index], np.array([slot], np.int64), array,
+        self.scatter(self.tensors[index:index + 1], np.array([slot], np.int64), [array],
                      np.zeros(1, np.int64))
 
 

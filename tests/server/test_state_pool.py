@@ -27,7 +27,8 @@ def test_hand_encoded_graphs_are_valid_onnx():
     import onnx
     from rnnserve.server.state_pool import gather_graph, scatter_graph
 
-    for graph in (gather_graph(3, 5), scatter_graph(3, 5)):
+    for graph in (gather_graph(3, 5), scatter_graph(3, 5), gather_graph(3, 5, 2),
+                  scatter_graph(3, 5, 2)):
         model = onnx.load_from_string(graph)
         onnx.checker.check_model(model, full_check=True)
         assert model.opset_import[0].version == 17
@@ -63,15 +64,20 @@ def test_pool_slots_gather_and_scatter_in_place(tiny_repository):
     assert not pool[1][3].any() and not pool[0][4].any()
 
     # gather rows (with the zero row) into a batch tensor, then scatter a batch back
-    batch = DeviceTensor((4, *meta.state_shape), "cpu", 0)
-    device.gather(device.tensors[1], np.array([4, 5, 4], np.int64), batch)
+    batch = [DeviceTensor((4, *meta.state_shape), "cpu", 0) for _ in range(2)]
+    device.gather(device.tensors, np.array([4, 5, 3], np.int64), batch)
     got = device.gather_to_host(batch, np.array([0, 1, 2], np.int64))
-    np.testing.assert_array_equal(got, np.stack([value, np.zeros_like(value), value]))
-    device.scatter(device.tensors[0], np.array([0, 1], np.int64), batch,
-                   np.array([2, 1], np.int64))
-    np.testing.assert_array_equal(pool[0][0], value)
-    assert not pool[0][1].any() and (pool[0][3] == 2.0).all()
-    assert not device.gather_to_host(device.tensors[0], np.array([5], np.int64)).any()
+    zero = np.zeros_like(value)
+    np.testing.assert_array_equal(got[0], np.stack([zero, zero, np.full_like(value, 2.0)]))
+    np.testing.assert_array_equal(got[1], np.stack([value, zero, zero]))
+    # all tensors at once: slot 0 <- batch row 2, slot 1 <- batch row 0
+    device.scatter(device.tensors, np.array([0, 1], np.int64), batch,
+                   np.array([2, 0], np.int64))
+    np.testing.assert_array_equal(pool[0][0], np.full_like(value, 2.0))
+    np.testing.assert_array_equal(pool[1][1], value)
+    assert not pool[1][0].any() and not pool[0][1].any() and (pool[0][3] == 2.0).all()
+    assert not any(a.any() for a in device.gather_to_host(device.tensors,
+                                                          np.array([5], np.int64)))
     # placement is decided once
     assert pool.place(model, "device") is device
     with pytest.raises(RuntimeError, match="placed for"):
