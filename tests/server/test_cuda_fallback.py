@@ -235,3 +235,32 @@ def test_server_auto_serves_on_cpu_after_a_provider_failure(stubs, tiny_reposito
     assert len(fallbacks) == 1 and "CUDA failure 999" in fallbacks[0]["reason"]
     loaded = [e for e in events if e.get("event") == "model_loaded"]
     assert {e["provider"] for e in loaded} == {"CPUExecutionProvider"} and len(loaded) == 2
+
+
+def test_precision_pins_apply_before_any_cuda_session(monkeypatch, tiny_repository, capfd):
+    """With CUDA usable (the probe is made to say so): an int8 model runs on CPU and never
+    tries CUDA (which would fail here, and under --device cuda stop the server); an fp16
+    model without a GPU accuracy check is refused under --device cuda."""
+    from rnnserve.server import runtime
+    from rnnserve.server.cuda_probe import CudaProbe
+    from rnnserve.server.settings import ServerSettings
+
+    from rnnserve.repository import RepositoryMetadata
+
+    if runtime.probe_cuda().usable:
+        pytest.skip("CUDA works on this machine")
+    monkeypatch.setattr(runtime, "_choices", {})
+    monkeypatch.setattr(runtime, "_pinned_logged", set())
+    monkeypatch.setattr(runtime, "probe_cuda",
+                        lambda device_id=0: CudaProbe(usable=True, reason="pretend"))
+    model_dir = tiny_repository / "tiny-lstm" / "1"
+    meta = RepositoryMetadata.model_validate_json((model_dir / "metadata.json").read_text())
+    cuda = ServerSettings(device="cuda")
+    int8 = runtime.OnnxModel(model_dir / "model.onnx", meta.model_copy(update={
+        "precision": "int8"}), cuda, max_batch_size=2)
+    assert int8.provider == runtime.CPU and "DynamicQuantizeLSTM" in int8.pinned
+    with pytest.raises(runtime.RuntimeUnavailable, match="fp16 arithmetic on CUDA"):
+        runtime.OnnxModel(model_dir / "model.onnx", meta.model_copy(update={
+            "precision": "fp16"}), cuda, max_batch_size=2)
+    err = capfd.readouterr().err
+    assert not any(noise in err for noise in ORT_NOISE)
