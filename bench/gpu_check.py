@@ -13,7 +13,8 @@ as it finishes, failures collected and the exit status 1 if any:
 5. chunked = whole on CUDA; the device state pool vs the host pool on CPU;
 6. fp16 vs fp32 on CUDA (max diff, argmax agreement); int8 reported pinned to CPU;
 7. fallback: ``CUDA_VISIBLE_DEVICES=`` makes ``--device cuda`` refuse and ``auto`` fall back;
-8. 30 s of a two-instance CUDA server under random shapes, answers checked against CPU;
+8. 30 s of a two-instance CUDA server under random shapes (texts and streams, so the
+   device state pool serves live sequences), answers checked against a CPU server;
 9. bench: model latency for B in {1, 64} x T in {16, 256} (CUDA and CPU); one stream step
    of 64 sequences with the host and the device state pool; server throughput with
    instances 1, 2, 4, ... up to the CPU count.
@@ -348,9 +349,9 @@ def two_instances(repo: Path, gpu: str, seconds: float) -> None:
     from rnnserve.protos import sentiment_pb2, sentiment_pb2_grpc
 
     section(f"{seconds:g} s of a two-instance {gpu} server under random shapes vs CPU")
-    proc, port = _start_server(repo, gpu, 2, dict(os.environ))
+    proc, port = _start_server(repo, gpu, 2, {**os.environ, "RNNSERVE_STATE_POOL": "device"})
     reference, port_cpu = _start_server(repo, "cpu", 1, dict(os.environ))
-    counts = {"requests": 0, "texts": 0, "mismatch": 0, "errors": 0}
+    counts = {"requests": 0, "streams": 0, "texts": 0, "mismatch": 0, "errors": 0}
     worst = [0.0]
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -362,20 +363,29 @@ def two_instances(repo: Path, gpu: str, seconds: float) -> None:
             dev, cpu = sentiment_pb2_grpc.SentimentStub(a), sentiment_pb2_grpc.SentimentStub(b)
             while time.monotonic() < stop:
                 model = str(rng.choice(FP32_MODELS))
+                streaming = seed % 2 == 1          # half the clients hold sequences
                 texts = [_words(rng, 1, int(rng.choice([8, 40, 300])))
                          for _ in range(int(rng.integers(1, 17)))]
-                request = sentiment_pb2.ClassifyRequest(model=model, texts=texts)
                 try:
-                    got = dev.Classify(request, timeout=60)
-                    want = cpu.Classify(request, timeout=60)
+                    if streaming:
+                        def chunks(texts=texts, model=model):
+                            return iter([sentiment_pb2.StreamClassifyRequest(
+                                text=text, model=model, end=i == len(texts) - 1)
+                                for i, text in enumerate(texts)])
+                        got = [r.prediction for r in dev.StreamClassify(chunks(), timeout=60)]
+                        want = [r.prediction for r in cpu.StreamClassify(chunks(), timeout=60)]
+                    else:
+                        request = sentiment_pb2.ClassifyRequest(model=model, texts=texts)
+                        got = dev.Classify(request, timeout=60).predictions
+                        want = cpu.Classify(request, timeout=60).predictions
                 except grpc.RpcError:
                     with lock:
                         counts["errors"] += 1
                     continue
                 diff = max(_max_diff(x.logits, y.logits)
-                           for x, y in zip(got.predictions, want.predictions, strict=True))
+                           for x, y in zip(got, want, strict=True))
                 with lock:
-                    counts["requests"] += 1
+                    counts["streams" if streaming else "requests"] += 1
                     counts["texts"] += len(texts)
                     counts["mismatch"] += diff > 1e-4
                     worst[0] = max(worst[0], diff)
@@ -389,8 +399,9 @@ def two_instances(repo: Path, gpu: str, seconds: float) -> None:
         server.terminate()
         server.wait(60)
     say(f"  {counts}, max |logit diff| {worst[0]:.2e}")
-    check(counts["errors"] == 0 and counts["mismatch"] == 0 and counts["requests"] > 0,
-          "two instances answer like CPU (1e-4), no errors")
+    check(counts["errors"] == 0 and counts["mismatch"] == 0 and counts["requests"] > 0
+          and counts["streams"] > 0,
+          "two instances answer texts and streams like CPU (1e-4), no errors")
 
 
 def _timed(run: Callable[[], object], repeats: int = 20) -> float:
