@@ -181,9 +181,9 @@ def cpu_pin_reason(metadata: RepositoryMetadata, settings: ServerSettings) -> st
     if metadata.precision == "fp16" and not settings.allow_unverified_fp16 and \
             metadata.validation.get(FP16_CUDA_VALIDATED, 0.0) != 1.0:
         return ("fp16 arithmetic on CUDA was never checked against fp32 for this model "
-                f"(metadata validation {FP16_CUDA_VALIDATED} is not 1); its fp16 weights "
-                "were validated on CPU, so it runs there (set allow_unverified_fp16 to serve "
-                "it on CUDA anyway)")
+                f"(metadata validation {FP16_CUDA_VALIDATED} is not 1; its fp16 weights were "
+                "validated on CPU): --device auto serves it on CPU, --device cuda refuses it; "
+                "set allow_unverified_fp16 to serve it on CUDA anyway")
     return ""
 
 

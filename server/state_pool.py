@@ -132,14 +132,19 @@ class DeviceTensor:
             np.zeros(shape, np.float32) if initial is None else
             np.ascontiguousarray(initial, dtype=np.float32), device, device_id)
 
+    def _shape(self, rows: int | None) -> tuple[int, int, int]:
+        if rows is None:
+            return self.shape
+        if not 0 < rows <= self.shape[0]:
+            raise ValueError(f"cannot bind {rows} rows of a {self.shape[0]}-row device tensor")
+        return (rows, *self.shape[1:])
+
     def bind_input(self, binding, name: str, rows: int | None = None) -> None:
-        shape = self.shape if rows is None else (rows, *self.shape[1:])
-        binding.bind_input(name, self.device, self.device_id, np.float32, shape,
+        binding.bind_input(name, self.device, self.device_id, np.float32, self._shape(rows),
                            self.value.data_ptr())
 
     def bind_output(self, binding, name: str, rows: int | None = None) -> None:
-        shape = self.shape if rows is None else (rows, *self.shape[1:])
-        binding.bind_output(name, self.device, self.device_id, np.float32, shape,
+        binding.bind_output(name, self.device, self.device_id, np.float32, self._shape(rows),
                             self.value.data_ptr())
 
 

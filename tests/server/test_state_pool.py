@@ -78,6 +78,9 @@ def test_pool_slots_gather_and_scatter_in_place(tiny_repository):
     assert not pool[1][0].any() and not pool[0][1].any() and (pool[0][3] == 2.0).all()
     assert not any(a.any() for a in device.gather_to_host(device.tensors,
                                                           np.array([5], np.int64)))
+    # a binding never reaches past a tensor's rows
+    with pytest.raises(ValueError, match="cannot bind 5 rows of a 4-row device tensor"):
+        device.gather(device.tensors, np.arange(5, dtype=np.int64), batch)
     # placement is decided once
     assert pool.place(model, "device") is device
     with pytest.raises(RuntimeError, match="placed for"):
