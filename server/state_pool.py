@@ -26,6 +26,7 @@ so the model session reads what the gather wrote.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -33,8 +34,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from .logs import log_event
+
 if TYPE_CHECKING:
     from .runtime import OnnxModel
+
+log = logging.getLogger("rnnserve.server.state_pool")
 
 
 # -- a minimal ONNX encoder (the server does not depend on the onnx package) ----------------
@@ -272,21 +277,32 @@ class StatePool:
         return self._slots[index]
 
     def place(self, model: OnnxModel, mode: str) -> DevicePool | None:
-        """Decide where the pool lives for ``model``'s sessions (``mode`` is the
-        ``state_pool`` setting: host, device, or auto = device on CUDA); moves it on the first
-        call that says device. Returns the device pool, or None for host."""
-        from .runtime import CUDA
+        """Decide, once (the first executor of the model decides), where the pool lives:
+        ``mode`` is the ``state_pool`` setting (host, device, or auto = device when
+        ``model`` runs on CUDA). Moves the pool to ``model``'s device when that is the
+        answer. Returns the device pool, or None for host. A device pool that cannot be
+        made stays on the host with a warning under auto, and stops start-up under device."""
+        from .runtime import CUDA, RuntimeUnavailable
 
         with self._lock:
-            want = "host" if mode == "host" or (mode == "auto" and model.provider != CUDA) \
-                else model.provider
-            if self.placed and self.placed != want:
-                raise RuntimeError(f"the state pool is placed for {self.placed}, but an "
-                                   f"instance of the model wants {want}")
-            self.placed = want
-            if want == "host" or self.device is not None:
+            if self.placed:
+                if self.device is not None and self.device.provider != model.provider:
+                    raise RuntimeError(f"the state pool is on {self.device.provider}, but an "
+                                       f"instance of the model runs on {model.provider}")
                 return self.device
-            self.device = DevicePool(self.host, model)
+            if mode == "device" or (mode == "auto" and model.provider == CUDA):
+                try:
+                    self.device = DevicePool(self.host, model)
+                except Exception as exc:  # device memory, sessions: any failure, say why
+                    if mode == "device":
+                        raise RuntimeUnavailable(f"state_pool=device: the state pool cannot "
+                                                 f"be placed on {model.provider}: {exc}") from exc
+                    log_event(log, "state_pool_on_host", level=logging.WARNING,
+                              provider=model.provider, reason=f"{type(exc).__name__}: {exc}"[:500])
+            if self.device is None:
+                self.placed = "host"
+                return None
+            self.placed = model.provider
             self._slots = tuple(_DeviceSlots(self.device, k) for k in range(self.count))
             self.host = None          # the device copy is the state from now on
             return self.device
