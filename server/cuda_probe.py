@@ -93,6 +93,19 @@ def _load(name: str, mode: int | None = None) -> ctypes.CDLL:
     return ctypes.CDLL(name) if mode is None else ctypes.CDLL(name, mode=mode)
 
 
+def _loaded_folder(soname: str) -> Path | None:
+    """Folder of the already loaded library ``soname`` (from /proc/self/maps), if any."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.rsplit(" ", 1)[-1]
+        if path.endswith("/" + soname):
+            return Path(path).parent
+    return None
+
+
 def _int_call(function, *args) -> tuple[int, int]:
     """(status, value) of a CUDA ``f(int *out)`` style call."""
     value = ctypes.c_int(0)
@@ -188,9 +201,13 @@ def _probe(report: CudaProbe, device_id: int) -> None:
     if version // 10000 != major:
         return fail(f"cuDNN {report.cudnn} is installed but this onnxruntime needs cuDNN "
                     f"{major}")
+    # cuDNN opens its parts next to itself (the nvidia-cudnn wheel's folder is on no search
+    # path), so look there first.
+    folder = _loaded_folder(f"libcudnn.so.{major}")
     for part in ("ops", "adv"):
+        name = f"libcudnn_{part}.so.{major}"
         try:
-            _load(f"libcudnn_{part}.so.{major}")
+            _load(str(folder / name) if folder and (folder / name).exists() else name)
         except OSError as exc:
             return fail(f"cuDNN {report.cudnn} is incomplete (libcudnn_{part}.so.{major}: "
                         f"{exc})")

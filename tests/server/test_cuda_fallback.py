@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,3 +265,29 @@ def test_precision_pins_apply_before_any_cuda_session(monkeypatch, tiny_reposito
             "precision": "fp16"}), cuda, max_batch_size=2)
     err = capfd.readouterr().err
     assert not any(noise in err for noise in ORT_NOISE)
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_cudnn_found_next_to_a_preloaded_libcudnn(stubs, tmp_path, complete):
+    """cuDNN from the nvidia-cudnn wheel is loaded by path (ORT's preload_dlls) and its folder
+    is on no search path: the probe looks for cuDNN's parts next to it, and names a missing
+    one."""
+    cuda_dir, cudnn_dir = stubs
+    wheel = tmp_path / "nvidia" / "cudnn" / "lib"
+    wheel.mkdir(parents=True)
+    parts = ["libcudnn.so.9", "libcudnn_ops.so.9"] + (["libcudnn_adv.so.9"] if complete else [])
+    for name in parts:
+        shutil.copy(cudnn_dir / name, wheel / name)
+    code = ("import ctypes, json, sys\n"
+            f"ctypes.CDLL({str(wheel / 'libcudnn.so.9')!r})\n"
+            "from rnnserve.server.cuda_probe import probe_cuda\n"
+            "report = probe_cuda()\n"
+            "print(json.dumps([report.usable, report.reason]))\n")
+    status, stdout, stderr = _child([sys.executable, "-c", code], _env([cuda_dir]),
+                                    tmp_path / "probe")
+    assert status == 0, stderr[-2000:]
+    usable, reason = json.loads(stdout)
+    if complete:
+        assert usable and "cuDNN 9.10.0" in reason
+    else:
+        assert not usable and "cuDNN 9.10.0 is incomplete (libcudnn_adv.so.9" in reason
