@@ -15,6 +15,11 @@ Invariants:
 - Input buffers are preallocated per executor (``max_batch_size x chunk_length`` ids and
   ``max_batch_size`` state rows); a batch uses C-contiguous prefixes of them, so the hot
   path allocates only ORT's outputs.
+- With a device state pool (server/state_pool.py) the batch's input and output state are
+  per-executor device tensors: gathered from the pool on the device (fresh rows gather the
+  pool's zero row), run with ``OnnxModel.run_bound``, scattered back on the device; only the
+  state of stateless rows that continue (``row.state``) crosses to the host. Same results
+  as the host path (tests/server/test_state_pool.py).
 - Every row that reaches ORT has 1 <= step <= T and ids in the model's vocabulary (texts
   are tokenized with the model's own tokenizer, caller-supplied ids are checked upstream,
   a text without tokens is reported instead of run), so nothing malformed reaches ORT.
@@ -31,6 +36,7 @@ import numpy as np
 
 from .errors import ServingError
 from .runtime import CostModel, OnnxModel
+from .state_pool import DeviceTensor
 from .tokenize import TextEncoder, no_tokens
 
 
@@ -160,12 +166,21 @@ class BatchExecutor:
         self.max_batch_size = max_batch_size
         self.chunk_length = chunk_length
         self.pad_id = pad_id
-        self.pool = tuple(pool)    # the sequence store's state arrays [slots, L*D, H]
+        place = getattr(pool, "place", None)      # a StatePool decides host or device
+        self.device_pool = None if place is None else place(model, model.settings.state_pool)
         self.cost_model = cost_model
         self._ids = np.empty(max_batch_size * chunk_length, dtype=np.int64)
         self._lengths = np.empty(max_batch_size, dtype=np.int64)
         shape = (max_batch_size, *model.state_shape)
-        self._states = tuple(np.empty(shape, dtype=np.float32) for _ in model.state_names)
+        if self.device_pool is None:
+            self.pool = tuple(pool)    # the sequence store's state arrays [slots, L*D, H]
+            self._states = tuple(np.empty(shape, dtype=np.float32) for _ in model.state_names)
+        else:
+            device = (self.device_pool.device, self.device_pool.device_id)
+            self._index = np.empty(max_batch_size, dtype=np.int64)
+            self._zeros = [DeviceTensor(shape, *device) for _ in model.state_names]
+            self._in = [DeviceTensor(shape, *device) for _ in model.state_names]
+            self._out = [DeviceTensor(shape, *device) for _ in model.state_names]
 
     def execute(self, rows: Sequence[Row]) -> BatchResult:
         """One step of every row (1 <= len(rows) <= max_batch_size), in one or more calls.
@@ -227,21 +242,24 @@ class BatchExecutor:
         lengths = self._lengths[:batch]
         lengths[:] = steps
 
-        states = self._gather(rows, batch)
-        want_state = False
-        for row, step in zip(rows, steps, strict=True):
-            if row.slot >= 0 or step < row.ids.size - row.offset:
-                want_state = True
-                break
+        if self.device_pool is not None:
+            assembled, inferred, logits = self._run_on_device(rows, steps, ids, lengths)
+        else:
+            states = self._gather(rows, batch)
+            want_state = False
+            for row, step in zip(rows, steps, strict=True):
+                if row.slot >= 0 or step < row.ids.size - row.offset:
+                    want_state = True
+                    break
 
-        assembled = time.perf_counter()
-        logits, out_states = self.model.run(ids, lengths, states, want_state=want_state)
-        inferred = time.perf_counter()
+            assembled = time.perf_counter()
+            logits, out_states = self.model.run(ids, lengths, states, want_state=want_state)
+            inferred = time.perf_counter()
+            if want_state:
+                self._scatter(rows, steps, out_states)
 
         probabilities = softmax(logits)
         top = logits.argmax(axis=1)
-        if want_state:
-            self._scatter(rows, steps, out_states)
         for row, step in zip(rows, steps, strict=True):
             row.offset += step
             row.fresh = False
@@ -290,3 +308,49 @@ class BatchExecutor:
         if slot_rows:
             for pool, out in zip(self.pool, out_states, strict=True):
                 pool[slots] = out[slot_rows]
+
+    def _run_on_device(self, rows: Sequence[Row], steps: Sequence[int], ids: np.ndarray,
+                       lengths: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """Gather, run and scatter with the state on the device pool's device; returns
+        (assembled, inferred, logits) like the host path's timings."""
+        pool = self.device_pool
+        batch = len(rows)
+        index = self._index[:batch]
+        carried: list[int] = []
+        stateful = False
+        for i, row in enumerate(rows):
+            if not row.fresh and row.slot >= 0:
+                index[i] = row.slot
+                stateful = True
+            else:
+                index[i] = pool.zero_row
+                if not row.fresh and row.slot < 0 and row.state is not None:
+                    carried.append(i)
+        inputs = self._zeros
+        if stateful or carried:
+            inputs = self._in
+            pool.gather(pool.tensors, index, self._in)
+            if carried:
+                positions = np.array(carried, dtype=np.int64)
+                values = [np.stack([rows[i].state[k] for i in carried])
+                          for k in range(len(self._in))]
+                pool.scatter(self._in, positions, values,
+                             np.arange(len(carried), dtype=np.int64), target_rows=batch)
+        assembled = time.perf_counter()
+        logits = self.model.run_bound(ids, lengths, inputs, self._out)
+        inferred = time.perf_counter()
+        slot_rows = [i for i, row in enumerate(rows) if row.slot >= 0]
+        if slot_rows:
+            slots = np.array([rows[i].slot for i in slot_rows], dtype=np.int64)
+            pool.scatter(pool.tensors, slots, self._out, np.array(slot_rows, dtype=np.int64))
+        going_on = [i for i, row in enumerate(rows)
+                    if row.slot < 0 and steps[i] < row.ids.size - row.offset]
+        continuing = set(going_on)
+        if going_on:
+            host = pool.gather_to_host(self._out, np.array(going_on, dtype=np.int64))
+            for j, i in enumerate(going_on):
+                rows[i].state = tuple(array[j] for array in host)
+        for i, row in enumerate(rows):
+            if row.slot < 0 and i not in continuing:
+                row.state = None
+        return assembled, inferred, logits

@@ -1,11 +1,14 @@
 """Open sequences of one model version: id -> state slot, expiry, cap, restart, end.
 
-Memory: the recurrent state of every possible sequence lives in preallocated pool arrays,
-one per state tensor, of shape ``[max_sequences, layers*dirs, hidden]`` float32. A sequence
-owns one slot (row) of them, i.e. ``layers*dirs*hidden*4`` bytes per state tensor (x2 for
-LSTM's h and c), plus one small :class:`Sequence` object and its dict entry. The pool is
-allocated with ``np.zeros`` (lazily committed by the OS), so resident memory follows the
-slots actually used; freed slots are reused last-in-first-out to keep that set small.
+Memory: the recurrent state of every possible sequence lives in a preallocated
+:class:`~.state_pool.StatePool`, one slot array per state tensor, of shape
+``[max_sequences, layers*dirs, hidden]`` float32. A sequence owns one slot (row) of them,
+i.e. ``layers*dirs*hidden*4`` bytes per state tensor (x2 for LSTM's h and c), plus one small
+:class:`Sequence` object and its dict entry. On the host the pool is allocated with
+``np.zeros`` (lazily committed by the OS), so resident memory follows the slots actually
+used; freed slots are reused last-in-first-out to keep that set small. When the model serves
+on CUDA the pool moves to device memory (``state_pool`` setting; server/state_pool.py) behind
+the same ``pool[k][slot]`` interface.
 
 Invariants (all on the event loop; no locks):
 - A slot is owned by at most one open sequence. It returns to the free list only when its
@@ -25,10 +28,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
-import numpy as np
-
 from .errors import AlreadyExists, NotFound, ResourceExhausted
 from .quota import ANONYMOUS, SequenceQuota
+from .state_pool import StatePool
 
 #: How many recently expired/ended ids are remembered to explain a NOT_FOUND.
 RECENT_IDS = 4096
@@ -65,8 +67,7 @@ class SequenceStore:
         self.idle_seconds = idle_seconds
         self.evict_idle = evict_idle
         self.telemetry = telemetry
-        self.pool: tuple[np.ndarray, ...] = tuple(
-            np.zeros((capacity, *state_shape), dtype=np.float32) for _ in range(state_count))
+        self.pool = StatePool(state_count, capacity, state_shape)
         self.state_bytes = state_count * state_shape[0] * state_shape[1] * 4
         self._open: OrderedDict[Hashable, SequenceState] = OrderedDict()   # LRU first
         self._free = list(range(capacity - 1, -1, -1))                     # pop() -> 0, 1, ...

@@ -77,6 +77,21 @@ class ServerSettings(SecuritySettings):
                                   "model version; default: config instance_group count, else 1.")
     warmup: bool = Field(True, description="Run every batch-size bucket once before ready.")
 
+    # --- CUDA numerics and sequence-state placement (owner: server/runtime.py) ---------
+    cuda_tf32: bool = Field(False, description="Let cuBLAS/cuDNN use TF32 for fp32 "
+                            "math on CUDA (ORT's own default is on). Off: fp32 results keep "
+                            "the 1e-5 parity and chunked = whole guarantees, which were "
+                            "measured with full fp32.")
+    allow_unverified_fp16: bool = Field(False, description="Serve an fp16 model on CUDA "
+                                        "although its metadata has no GPU accuracy check "
+                                        "(validation fp16_cuda_validated); otherwise "
+                                        "--device auto runs it on CPU and --device cuda "
+                                        "refuses it.")
+    state_pool: Literal["auto", "host", "device"] = Field(
+        "auto", description="Where open sequences' state lives: host (numpy), device (ORT "
+        "values on the serving provider, gathered and scattered there), auto (device on "
+        "CUDA, host on CPU).")
+
     # --- batching ---------------------------------------------------------------------
     max_batch_size: int | None = Field(None, ge=1, description="Rows per ORT call; default "
                                        "config max_batch_size.")
