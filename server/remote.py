@@ -8,6 +8,13 @@ lookup rule (server/catalog.py), built from the catalog the engine sends. Its
 engine process over one channel (server/ipc.py, server/engine_host.py).
 
 Invariants:
+- ``get(name)`` without a version returns a *floating* handle: its requests name no version,
+  so the engine process picks the latest version it serves at that moment (and the version
+  of an open sequence for its steps); answers carry the version that gave them
+  (``Prediction.version``). A catalog that lags a reload therefore never sends a request to
+  an unloaded version.
+- The catalog mirrors the engine's directory: served versions, the state of the others
+  (``status``) and the unloaded versions still finishing sequences (``retiring_engine``).
 - Requests leave in call order on one channel, so a sequence's steps reach the engine in
   the order the servicer submitted them, and their futures resolve in that order.
 - Every request's future settles: with the engine's answer, or UNAVAILABLE when the
@@ -82,7 +89,7 @@ class EngineLink:
                 except Exception as exc:  # noqa: BLE001 - a bad payload fails its request only
                     future.set_exception(exc)
         elif kind == "catalog":
-            self._on_catalog(message[1], message[2])
+            self._on_catalog(*message[1:])
         elif kind == "serve":
             self.serving.set()
 
@@ -97,7 +104,9 @@ class EngineLink:
 class RemoteEngine:
     """One model version served by the engine process, as the servicers use it."""
 
-    def __init__(self, entry: ModelEntry, link: EngineLink, telemetry=None) -> None:
+    def __init__(self, entry: ModelEntry, link: EngineLink, telemetry=None, *,
+                 floating: bool = False) -> None:
+        self._entry = entry
         self.name = entry.name
         self.version = entry.version
         self.labels = list(entry.labels)
@@ -109,6 +118,12 @@ class RemoteEngine:
         self._description = entry.description
         self._link = link
         self.telemetry = telemetry
+        self._route = "" if floating else entry.version   # the version requests name
+
+    def floating(self) -> RemoteEngine:
+        """This model's handle whose requests go to whatever version the engine serves as
+        the latest (or where the sequence is open)."""
+        return RemoteEngine(self._entry, self._link, self.telemetry, floating=True)
 
     @property
     def key(self) -> str:
@@ -120,6 +135,10 @@ class RemoteEngine:
     def _prediction(self, packed) -> Prediction:
         return unpack_prediction(packed, self.labels)
 
+    def _answer(self, answer) -> Prediction:
+        version, packed = answer
+        return unpack_prediction(packed, self.labels, version)
+
     def _info(self, packed) -> SequenceInfo:
         tokens, chunks, last = packed
         return SequenceInfo(tokens, chunks, None if last is None else self._prediction(last))
@@ -127,8 +146,9 @@ class RemoteEngine:
     async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
         labels = self.labels
         return await self._link.request(
-            "classify", self.name, self.version, list(texts), api,
-            decode=lambda packed: [unpack_prediction(p, labels) for p in packed])
+            "classify", self.name, self._route, list(texts), api,
+            decode=lambda answer: [unpack_prediction(p, labels, answer[0])
+                                   for p in answer[1]])
 
     def new_sequence_id(self) -> Hashable:
         return StreamKey(("stream", f"{os.getpid()}-{next(_stream_ids)}"))
@@ -137,8 +157,8 @@ class RemoteEngine:
                     start: bool = False, end: bool = False, restart: bool = False,
                     api: str = "text", client: str = ANONYMOUS,
                     export: bool = False) -> asyncio.Future:
-        return self._link.request("step", self.name, self.version, sequence_id, text, start,
-                                  end, restart, client, export, api, decode=self._prediction)
+        return self._link.request("step", self.name, self._route, sequence_id, text, start,
+                                  end, restart, client, export, api, decode=self._answer)
 
     async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
                           api: str = "text", restart: bool = False,
@@ -147,17 +167,17 @@ class RemoteEngine:
                                       restart=restart, api=api, client=client)
 
     def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
-        self._link.notify("end", self.name, self.version, sequence_id, why)
+        self._link.notify("end", self.name, self._route, sequence_id, why)
 
     async def export_state(self, sequence_id: Hashable, *, release: bool = False
                            ) -> tuple[bytes, SequenceInfo]:
-        blob, info = await self._link.request("export", self.name, self.version, sequence_id,
+        blob, info = await self._link.request("export", self.name, self._route, sequence_id,
                                               release)
         return blob, self._info(info)
 
     async def import_state(self, sequence_id: Hashable, snapshot: Snapshot, *,
                            client: str = ANONYMOUS) -> SequenceInfo:
-        return await self._link.request("import", self.name, self.version, sequence_id,
+        return await self._link.request("import", self.name, self._route, sequence_id,
                                         snapshot, client, decode=self._info)
 
 
@@ -177,15 +197,45 @@ class RemoteRegistry(ModelDirectory):
         self.catalog_received = asyncio.Event()
         self.lost = asyncio.Event()
 
-    def _catalog(self, entries: list[ModelEntry], default_model: str) -> None:
+    def _catalog(self, entries: list[ModelEntry], default_model: str,
+                 status: dict | None = None, retiring: list[ModelEntry] = ()) -> None:
         engines = {}
         for entry in entries:
-            telemetry = self.telemetry.model(entry.name, entry.version) \
-                if self.telemetry is not None else None
-            engines[(entry.name, entry.version)] = RemoteEngine(entry, self.link, telemetry)
+            engines[(entry.name, entry.version)] = self._handle(entry)
         self._engines = engines
+        self._retiring = [self._handle(entry) for entry in retiring]
+        self._status = dict(status or {})
         self._index(default_model or None)
         self.catalog_received.set()
+        self._changed()
+
+    def _handle(self, entry: ModelEntry) -> RemoteEngine:
+        telemetry = self.telemetry.model(entry.name, entry.version) \
+            if self.telemetry is not None else None
+        return RemoteEngine(entry, self.link, telemetry)
+
+    def get(self, name: str | None = None, version: str | int | None = None):
+        """The directory's rule; without a version, a floating handle (module doc)."""
+        engine = super().get(name, version)
+        return engine.floating() if version in (None, "", 0, "0") else engine
+
+    def get_any(self, name: str, version: str | None):
+        """``get``, or the handle of an unloaded version still finishing sequences."""
+        if name and version not in (None, "", 0, "0"):
+            retiring = self.retiring_engine(name, str(version))
+            if retiring is not None and (name, str(version)) not in self._engines:
+                return retiring
+        return self.get(name, version)
+
+    def sequence_engine(self, name: str, version: str | None, key, start: bool):
+        """The handle a sequence step goes through: the engine process routes it."""
+        return self.get_any(name, version)
+
+    async def load_model(self, name: str) -> None:
+        await self.link.request("load", name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.link.request("unload", name)
 
     def _lost(self) -> None:
         for engine in self._engines.values():
