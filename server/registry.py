@@ -109,6 +109,7 @@ class ModelRegistry(ModelDirectory):
             raise RepositoryError(f"default model {settings.default_model!r} is not in the "
                                   f"repository (models: {', '.join(names)})")
         self._index(settings.default_model)
+        self._default = self.default_model    # an only model stays the default when others
 
     # -- loading ------------------------------------------------------------------------
 
@@ -204,9 +205,13 @@ class ModelRegistry(ModelDirectory):
             return []
         try:
             config = read_model_config(model_path / CONFIG_FILE)
-        except RepositoryError as exc:
-            self._refuse(name, "", None, f"{exc}")     # keeps serving what it serves
+        except RepositoryError as exc:             # keeps serving what it serves
+            signature = version_signature(model_path, "")
+            if retry or self._refused.get((name, "")) != signature:
+                self._refuse(name, "", signature, f"{exc}")
             return [("", f"{exc}")]
+        self._refused.pop((name, ""), None)
+        before = (dict(self._status), set(self._engines))
         available = list_versions(model_path)
         for key in [k for k in self._status if k[0] == name and k[1] not in available]:
             del self._status[key]                         # directory gone: forget it
@@ -227,7 +232,8 @@ class ModelRegistry(ModelDirectory):
         for version in available:
             if (name, version) not in self._engines and (name, version) not in self._status:
                 self._status[(name, version)] = (UNAVAILABLE, "not selected by version_policy")
-        self._changed()
+        if (dict(self._status), set(self._engines)) != before:
+            self._changed()
         return refused
 
     def _still_refused(self, name: str, version: str, retry: bool) -> bool:
@@ -261,7 +267,7 @@ class ModelRegistry(ModelDirectory):
         engine.start()
         self._engines[key] = engine
         self._status.pop(key, None)
-        self._index(self.settings.default_model)
+        self._index(self.settings.default_model or self._default or None)
         self.lifecycle.record(name, version, "load", "ok")
         log_event(log, "model_version_ready", model=name, version=version,
                   seconds=round(engine.load_seconds, 3))
@@ -269,8 +275,9 @@ class ModelRegistry(ModelDirectory):
         return None
 
     def _refuse(self, name: str, version: str, signature, reason: str) -> None:
+        """One refusal: log line, counter, status (``version`` "": the model's config)."""
+        self._refused[(name, version)] = signature
         if version:
-            self._refused[(name, version)] = signature
             self._status[(name, version)] = (UNAVAILABLE, f"refused: {reason}")
         self.lifecycle.record(name, version, "load", "refused")
         log_event(log, "model_version_refused", level=logging.WARNING, model=name,
@@ -281,7 +288,7 @@ class ModelRegistry(ModelDirectory):
         """Take ``name``/``version`` out of the directory now; close it once its open
         sequences ended (at most ``unload_wait_seconds`` later)."""
         engine = self._engines.pop((name, version))
-        self._index(self.settings.default_model)
+        self._index(self.settings.default_model or self._default or None)
         engine.retire()
         self._retiring.append(engine)
         self._status[(name, version)] = (UNAVAILABLE, reason)

@@ -18,9 +18,11 @@ from rnnserve.repository import CONFIG_FILE, RepositoryError, RepositoryMetadata
 
 
 def version_signature(model_path: Path, version: str) -> tuple:
-    """(name, size, mtime_ns) of every file of the version and of config.pbtxt."""
+    """(name, size, mtime_ns) of every file of the version (none for version "") and of
+    config.pbtxt."""
     entries = []
-    for path in [Path(model_path) / CONFIG_FILE, *_files(Path(model_path) / version)]:
+    files = _files(Path(model_path) / version) if version else []
+    for path in [Path(model_path) / CONFIG_FILE, *files]:
         try:
             stat = path.stat()
         except OSError:

@@ -9,6 +9,7 @@ version or a sequence continued on another version's state cannot pass.
 from __future__ import annotations
 
 import logging
+import queue
 import shutil
 import threading
 import time
@@ -21,6 +22,8 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offline import Offline, random_text
+from rnnserve.protos import sentiment_pb2 as pb
+from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
@@ -244,9 +247,9 @@ def test_poll_swaps_versions_under_load_and_open_sequences_stay(tmp_path, source
         assert _health(server.address, f"model/{MODEL}/1") == NOT_SERVING
 
 
-def _not_found(client, version: str) -> bool:
+def _not_found(client, version: str, headers=None) -> bool:
     try:
-        _classify(client, ["fine"], version=version)
+        _classify(client, ["fine"], version=version, headers=headers)
     except InferenceServerException as exc:
         return exc.status() == "StatusCode.NOT_FOUND"
     return False
@@ -312,16 +315,25 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 def test_explicit_load_and_unload_through_tritonclient(tmp_path, sources, reference):
     repo = _repository(tmp_path, sources)
-    with start_server(repo, model_control="explicit", auth_token=TOKEN) as server:
+    with start_server(repo, model_control="explicit", auth_token=TOKEN,
+                      unload_wait_seconds=0.5) as server:
         client = triton.InferenceServerClient(server.address)
         with pytest.raises(InferenceServerException) as denied:
             client.load_model(MODEL)
         assert denied.value.status() == "StatusCode.UNAUTHENTICATED"
+        opened = client.infer(STREAM, [_text_tensor(["fine"])], sequence_id=31,
+                              sequence_start=True, headers=AUTH)
+        assert opened.get_response().model_version == "1"
 
         _place(sources / MODEL / "2", repo / MODEL / "2")
         assert _classify(client, ["fine"], headers=AUTH)[0] == "1"  # not polled
         client.load_model(MODEL, headers=AUTH)
         assert client.is_model_ready(MODEL, "2", headers=AUTH)
+        # version 1 waits for its open sequence at most unload_wait_seconds, then closes
+        _eventually("version 1 closed", lambda: _not_found(client, "1", AUTH))
+        with pytest.raises(InferenceServerException) as ended:
+            client.infer(STREAM, [_text_tensor(["more"])], sequence_id=31, headers=AUTH)
+        assert ended.value.status() == "StatusCode.NOT_FOUND"
         version, logits = _classify(client, ["loved the music"], headers=AUTH)
         assert version == "2"
         np.testing.assert_allclose(logits[0], reference["2"].logits("loved the music"),
@@ -373,6 +385,12 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
         rng = np.random.default_rng(9)
         pinned = [random_text(rng, 2, 6) for _ in range(len(clients) + 1)]
         assert _step(clients[0], pinned[0], 77, start=True)[0] == "1"
+        texts: queue.Queue = queue.Queue()
+        channel = server.channel(OWN_CONNECTION)
+        stream = sentiment_pb2_grpc.SentimentStub(channel).StreamClassify(
+            iter(texts.get, None), timeout=120)
+        texts.put(pb.StreamClassifyRequest(text=pinned[0], model=MODEL))
+        assert next(stream).version == "1"
         with Load(server.address, reference, first_id=5000) as load:
             _eventually("answers from version 1", lambda: load.answers("1") >= 20)
             _place(sources / MODEL / "2", repo / MODEL / "2")
@@ -383,6 +401,14 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
         for client in clients:
             _eventually("front-end catalog", lambda c=client: _index(c).get("2", ("",))[0]
                         == "READY")
+        for index, chunk in enumerate(pinned[1:3], start=1):  # the text stream stays on 1
+            texts.put(pb.StreamClassifyRequest(text=chunk, end=index == 2))
+            answer = next(stream)
+            np.testing.assert_allclose(answer.prediction.logits,
+                                       reference["1"].stream(pinned[:index + 1])[-1],
+                                       atol=ATOL)
+        texts.put(None)
+        channel.close()
         for index, client in enumerate(clients, start=1):    # spread over the front-ends
             version, logits = _step(client, pinned[index], 77, end=index == len(clients))
             assert version == "1"
@@ -402,4 +428,7 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
         stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name=MODEL),
                                  timeout=60)
         assert _classify(clients[2], ["fine"])[0] == "2"
-    assert server.find_event("model_version_ready")["version"] == "2"
+    events = [(e.get("event"), str(e.get("version"))) for e in server.events()]
+    loaded = events.index(("model_loaded", "2"))            # sessions made and warmed ...
+    assert loaded < events.index(("model_version_ready", "2"))   # ... before READY
+    assert server.find_event("model_version_unloaded")["version"] in ("1", "2")
