@@ -95,10 +95,13 @@ class ModelRegistry(ModelDirectory):
                                   f"(no <model>/{CONFIG_FILE})")
         for name in names:
             config = read_model_config(self.repository / name / CONFIG_FILE)
-            versions = served_versions(config, list_versions(self.repository / name))
+            available = list_versions(self.repository / name)
+            versions = served_versions(config, available)
             if not versions:
                 raise RepositoryError(f"model {name}: no version directory matches its "
                                       "version_policy")
+            for version in set(available) - set(versions):
+                self._status[(name, version)] = (UNAVAILABLE, "not selected by version_policy")
             for version in versions:
                 model_telemetry = telemetry.model(name, version) if telemetry is not None \
                     else None

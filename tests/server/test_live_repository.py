@@ -432,3 +432,44 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
     loaded = events.index(("model_loaded", "2"))            # sessions made and warmed ...
     assert loaded < events.index(("model_version_ready", "2"))   # ... before READY
     assert server.find_event("model_version_unloaded")["version"] in ("1", "2")
+
+
+def _set_policy(repo: Path, **policy) -> None:
+    """Rewrite live's config.pbtxt version_policy (latest=N, specific=[...], all=True)."""
+    from rnnserve.repository import read_model_config, write_model_config
+
+    path = repo / MODEL / "config.pbtxt"
+    config = read_model_config(path)
+    config.ClearField("version_policy")
+    if "latest" in policy:
+        config.version_policy.latest.num_versions = policy["latest"]
+    elif "specific" in policy:
+        config.version_policy.specific.versions.extend(policy["specific"])
+    else:
+        config.version_policy.all.SetInParent()
+    write_model_config(path, config)
+
+
+def test_version_policy_is_honoured_on_every_load(tmp_path, sources, reference):
+    repo = _repository(tmp_path, sources)
+    _place(sources / MODEL / "2", repo / MODEL / "2")
+    with start_server(repo, model_control="explicit") as server:
+        client = triton.InferenceServerClient(server.address)
+        assert {v: s for v, (s, _) in _index(client).items()} == {
+            "1": "UNAVAILABLE", "2": "READY"}                 # Triton's default: latest 1
+        _set_policy(repo, latest=2)
+        client.load_model(MODEL)
+        assert {v: s for v, (s, _) in _index(client).items()} == {"1": "READY", "2": "READY"}
+        version, logits = _classify(client, ["boring plot"], version="1")
+        assert version == "1"
+        np.testing.assert_allclose(logits[0], reference["1"].logits("boring plot"), atol=ATOL)
+        assert _classify(client, ["boring plot"])[0] == "2"     # no version: the latest
+
+        _set_policy(repo, specific=[1])
+        client.load_model(MODEL)
+        assert _index(client)["2"] == ("UNAVAILABLE", "not selected by version_policy")
+        assert _classify(client, ["boring plot"])[0] == "1"
+
+        _set_policy(repo, all=True)
+        client.load_model(MODEL)
+        assert {v: s for v, (s, _) in _index(client).items()} == {"1": "READY", "2": "READY"}
