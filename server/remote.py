@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Hashable, Sequence
@@ -104,9 +105,7 @@ class EngineLink:
 class RemoteEngine:
     """One model version served by the engine process, as the servicers use it."""
 
-    def __init__(self, entry: ModelEntry, link: EngineLink, telemetry=None, *,
-                 floating: bool = False) -> None:
-        self._entry = entry
+    def __init__(self, entry: ModelEntry, link: EngineLink, telemetry=None) -> None:
         self.name = entry.name
         self.version = entry.version
         self.labels = list(entry.labels)
@@ -118,12 +117,14 @@ class RemoteEngine:
         self._description = entry.description
         self._link = link
         self.telemetry = telemetry
-        self._route = "" if floating else entry.version   # the version requests name
+        self._route = entry.version        # the version requests name ("" = floating)
 
     def floating(self) -> RemoteEngine:
         """This model's handle whose requests go to whatever version the engine serves as
         the latest (or where the sequence is open)."""
-        return RemoteEngine(self._entry, self._link, self.telemetry, floating=True)
+        handle = copy.copy(self)
+        handle._route = ""
+        return handle
 
     @property
     def key(self) -> str:
@@ -194,6 +195,7 @@ class RemoteRegistry(ModelDirectory):
         key = settings.state_key.get_secret_value() if settings.state_key else None
         self.snapshots = SnapshotCodec(load_state_keys(key, settings.state_key_file))
         self.link = EngineLink(self._catalog, self._lost)
+        self._floating: dict[tuple[str, str], RemoteEngine] = {}
         self.catalog_received = asyncio.Event()
         self.lost = asyncio.Event()
 
@@ -203,6 +205,7 @@ class RemoteRegistry(ModelDirectory):
         for entry in entries:
             engines[(entry.name, entry.version)] = self._handle(entry)
         self._engines = engines
+        self._floating = {key: engine.floating() for key, engine in engines.items()}
         self._retiring = [self._handle(entry) for entry in retiring]
         self._status = dict(status or {})
         self._index(default_model or None)
@@ -217,7 +220,9 @@ class RemoteRegistry(ModelDirectory):
     def get(self, name: str | None = None, version: str | int | None = None):
         """The directory's rule; without a version, a floating handle (module doc)."""
         engine = super().get(name, version)
-        return engine.floating() if version in (None, "", 0, "0") else engine
+        if version in (None, "", 0, "0"):
+            return self._floating.get((engine.name, engine.version), engine)
+        return engine
 
     def get_any(self, name: str, version: str | None):
         """``get``, or the handle of an unloaded version still finishing sequences."""
@@ -238,7 +243,7 @@ class RemoteRegistry(ModelDirectory):
         await self.link.request("unload", name)
 
     def _lost(self) -> None:
-        for engine in self._engines.values():
+        for engine in [*self._engines.values(), *self._floating.values()]:
             engine.ready = False
         self.lost.set()
 
