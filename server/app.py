@@ -5,6 +5,11 @@ Start-up: bind the port and answer health NOT_SERVING at once, load and warm eve
 (each model's health service turns SERVING when it is warm), then the overall health ("")
 and the API services turn SERVING and a ``ready`` event is logged.
 
+Live repository (``--model-control poll|explicit``): after start-up the health names follow
+the registry: each served version's ``model/<name>/<version>`` is SERVING once it is warm
+and NOT_SERVING while loading or once unloaded; ``model/<name>`` follows its latest served
+version. ``poll`` starts the registry's rescan loop once the server is ready.
+
 Shutdown (SIGTERM/SIGINT, or :meth:`RnnServer.shutdown`): every health service turns
 NOT_SERVING; after ``drain_delay_seconds`` the server stops accepting RPCs; open streams stop
 reading, flush the answers to chunks already read and end with UNAVAILABLE (a text-API
@@ -82,6 +87,8 @@ class RnnServer:
         self.ready = asyncio.Event()         # every model warm, health SERVING
         self.stopped = asyncio.Event()
         self._shutdown: asyncio.Task | None = None
+        self._health_names: set[str] = set()
+        self.registry.add_listener(self._models_changed)
 
     @property
     def address(self) -> str:
@@ -151,10 +158,35 @@ class RnnServer:
         for name in ("", TEXT_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
         self.ready.set()
+        await self._follow_models()
+        if self.own_engines and settings.model_control == "poll":
+            self.registry.start_polling()
         log_event(log, "ready" if self.own_engines else "worker_ready", port=self.port,
                   metrics_port=self.metrics_port,
                   models=[engine.key for engine in self.registry.engines()],
                   seconds=round(time.perf_counter() - started, 3))
+
+    def _models_changed(self) -> None:
+        """Registry listener: bring the per-model health names in line (once ready)."""
+        if self.ready.is_set() and self._shutdown is None:
+            asyncio.get_running_loop().create_task(self._follow_models())
+
+    async def _follow_models(self) -> None:
+        registry = self.registry
+        wanted: dict[str, int] = {}
+        for name, version, state, _reason in registry.status():
+            model, versioned = model_health_names(name, version)
+            wanted[versioned] = SERVING if state == "READY" else NOT_SERVING
+            wanted.setdefault(model, NOT_SERVING)
+        for name in registry.names():
+            engine = registry.served(name, registry.latest(name))
+            wanted[f"model/{name}"] = SERVING if engine is not None and engine.ready \
+                else NOT_SERVING
+        for name in self._health_names - set(wanted):
+            wanted[name] = NOT_SERVING
+        self._health_names |= set(wanted)
+        for name, status in wanted.items():
+            await self.health.set(name, status)
 
     def _start_metrics(self) -> None:
         settings = self.settings

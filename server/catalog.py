@@ -11,11 +11,19 @@ RPC but inference itself: labels, the repository ModelConfig, the effective serv
 options, the description GetModelMetadata returns and whether it is ready. It is plain data
 (it crosses process boundaries, server/ipc.py).
 
-Invariant: a directory's ``_latest[name]`` is the highest version of ``name`` it holds.
+Invariants:
+- A directory's ``_latest[name]`` is the highest version of ``name`` it serves (``_engines``).
+- ``_retiring`` holds unloaded versions that still finish their open sequences: lookups by
+  name and version never return them (only :meth:`retiring_engine`, for continuing steps).
+- ``_status`` holds every version of the repository that is not served, with its state
+  (``LOADING`` / ``UNAVAILABLE``) and reason; :meth:`status` adds the served ones.
+- After every change of what is served, each listener (``add_listener``) is called once,
+  synchronously, on the serving loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +122,18 @@ class ModelDirectory:
     def __init__(self) -> None:
         self._engines: dict[tuple[str, str], Any] = {}
         self._latest: dict[str, str] = {}
+        self._retiring: list = []
+        self._status: dict[tuple[str, str], tuple[str, str]] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.default_model = ""
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of the served versions or their states."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def _index(self, default_model: str | None) -> None:
         """Recompute latest versions and the default model from ``_engines``."""
@@ -137,6 +156,27 @@ class ModelDirectory:
 
     def latest(self, name: str) -> str:
         return self._latest[name]
+
+    def served(self, name: str, version: str):
+        """The served engine of ``name``/``version`` (ready or not), or None."""
+        return self._engines.get((name, str(version)))
+
+    def retiring_engine(self, name: str, version: str):
+        """The unloaded ``name``/``version`` still finishing its open sequences, or None."""
+        for engine in reversed(self._retiring):
+            if engine.name == name and str(engine.version) == str(version):
+                return engine
+        return None
+
+    def status(self) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) of every version this directory knows, sorted:
+        served ones READY (or UNAVAILABLE while not ready), others as ``_status`` says."""
+        rows = {key: ("READY", "") if engine.ready else ("UNAVAILABLE", "not ready")
+                for key, engine in self._engines.items()}
+        for key, value in self._status.items():
+            rows.setdefault(key, value)
+        return [(name, version, state, reason) for (name, version), (state, reason)
+                in sorted(rows.items(), key=lambda item: (item[0][0], int(item[0][1])))]
 
     @property
     def ready(self) -> bool:

@@ -32,6 +32,15 @@ def serve_command(
     workers: Annotated[str | None, typer.Option(
         help="Front-end processes sharing the port: a number or auto (= CPUs available). "
              "Default 1 (one process).", show_default=False)] = None,
+    model_control: Annotated[str | None, typer.Option(
+        help="none | poll | explicit: how versions are loaded while serving. Default none.",
+        show_default=False)] = None,
+    poll_seconds: Annotated[float | None, typer.Option(
+        help="Repository rescan period with --model-control poll. Default 5.",
+        show_default=False)] = None,
+    unload_wait_seconds: Annotated[float | None, typer.Option(
+        help="Longest an unloaded version finishes its open sequences. Default 60.",
+        show_default=False)] = None,
     default_model: Annotated[str | None, typer.Option(
         help="Model an empty model name selects.", show_default=False)] = None,
     instances: Annotated[int | None, typer.Option(

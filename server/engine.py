@@ -81,7 +81,8 @@ class ModelEngine:
     """Tokenizer, ORT sessions, scheduler and sequence store of one model version.
 
     Life cycle: construct (reads files, cheap) -> ``load()`` (blocking: sessions, warm-up;
-    run it in a thread) -> ``start()`` on the serving loop -> serve -> ``close()``.
+    run it in a thread) -> ``start()`` on the serving loop -> serve -> (``retire()``: no new
+    sequences or stateless requests, open sequences go on) -> ``close()``.
     """
 
     def __init__(self, name: str, version: str, directory: Path,
@@ -129,6 +130,7 @@ class ModelEngine:
         self.cost_model: CostModel | None = None
         self.provider = ""
         self.ready = False
+        self.retiring = False            # unloaded: only open sequences go on
         self.load_seconds = 0.0
         self.scheduler: Scheduler | None = None
         self.sequences: SequenceBatcher | None = None
@@ -195,6 +197,21 @@ class ModelEngine:
                 self._expire_loop(), name=f"rnnserve-expiry-{self.key}")
         self.ready = True
 
+    def retire(self) -> None:
+        """This version is unloaded: refuse new sequences and stateless requests from now
+        on (UNAVAILABLE); steps of open sequences keep being served until ``close()``."""
+        self.retiring = True
+
+    @property
+    def open_sequences(self) -> int:
+        return len(self.store)
+
+    def _check_new(self, what: str) -> None:
+        if self.retiring:
+            raise Unavailable(f"model {self.key} is unloaded: it only finishes its open "
+                              f"sequences and takes no new {what}; send it to a served "
+                              "version")
+
     async def close(self, timeout: float | None = None) -> None:
         """Finish admitted work (up to ``timeout``), then stop workers and free state."""
         self.ready = False
@@ -229,6 +246,7 @@ class ModelEngine:
         started = time.perf_counter()
         try:
             self._check_count(len(texts))
+            self._check_new("requests")
             check_texts(texts, self.options.max_text_length)
             scheduler = self.scheduler
             future = asyncio.get_running_loop().create_future()
@@ -254,6 +272,7 @@ class ModelEngine:
         code = grpc.StatusCode.OK
         try:
             self._check_count(len(rows))
+            self._check_new("requests")
             ids = check_ids(rows, self.metadata.vocab_size, self.options.max_text_length)
             scheduler = self.scheduler
             future = asyncio.get_running_loop().create_future()
@@ -330,6 +349,7 @@ class ModelEngine:
         opened = None
         reset = False
         if start:
+            self._check_new("sequences")
             state = store.find(sequence_id)
             if state is not None and restart:
                 reset = True
@@ -395,6 +415,7 @@ class ModelEngine:
         side effects: FAILED_PRECONDITION for another model, ALREADY_EXISTS if open,
         RESOURCE_EXHAUSTED when the pool or the client's quota is full."""
         self._check_streaming()
+        self._check_new("sequences")
         self.check_snapshot(snapshot)
         if self.store.find(sequence_id) is not None:
             raise AlreadyExists(f"sequence {sequence_id!r} is already open here; end it "

@@ -7,16 +7,25 @@ request id is 0:
 =========  ==========================================================  ===================
 kind       arguments after the request id                              ``ok`` payload
 =========  ==========================================================  ===================
-classify   model, version, texts                                       [prediction, ...]
-step       model, version, key, text, start, end, restart, client,     prediction
+classify   model, version, texts                                       (version,
+                                                                       [prediction, ...])
+step       model, version, key, text, start, end, restart, client,     (version, prediction)
            export
 end        model, version, key, why                                    (none)
 export     model, version, key, release                                (blob, info)
 import     model, version, key, snapshot, client                       info
+load       model                                                       (none)
+unload     model                                                       (none)
 listening  pid                                                         (none)
 =========  ==========================================================  ===================
 
-(``prediction`` as ``ipc.pack_prediction``; ``info`` = tokens, chunks, packed last or None.)
+(``prediction`` as ``ipc.pack_prediction``; ``info`` = tokens, chunks, packed last or None;
+``version`` the model version that answered.)
+
+An empty ``version`` is the client's "no version": stateless requests and sequence starts
+go to the latest version served *now* (not the one a front-end's catalog named), and every
+other sequence request to the version where its sequence is open
+(``ModelRegistry.sequence_engine``), so a front-end's catalog may lag a reload harmlessly.
 
 Invariants:
 - A front-end's requests reach the engines in the order it sent them (each is handled as it
@@ -32,6 +41,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -56,6 +66,7 @@ class FrontendLink:
         self._streams: dict[StreamKey, object] = {}    # open stream sequence -> engine
         self._handlers = {"classify": self._classify, "step": self._step, "end": self._end,
                           "export": self._export, "import": self._import,
+                          "load": self._load, "unload": self._unload,
                           "listening": self._listening}
 
     async def open(self, sock) -> None:
@@ -102,28 +113,33 @@ class FrontendLink:
     # -- requests -----------------------------------------------------------------------
 
     def _classify(self, request_id, model, version, texts) -> None:
-        future = self.registry.get(model, version).submit_classify(texts, api=None)
-        self._reply_when_done(request_id, future,
-                              lambda predictions: [pack_prediction(p) for p in predictions])
+        engine = self.registry.get_any(model, version)
+        future = engine.submit_classify(texts, api=None)
+        answered = engine.version
+        self._reply_when_done(request_id, future, lambda predictions: (
+            answered, [pack_prediction(p) for p in predictions]))
 
     def _step(self, request_id, model, version, key, text, start, end, restart, client,
               export) -> None:
-        engine = self.registry.get(model, version)
+        engine = self.registry.sequence_engine(model, version, key, start)
         future = engine.submit_step(key, text, start=start, end=end, restart=restart, api=None,
                                     client=client, export=export)
+        answered = engine.version
         if isinstance(key, StreamKey):
             if end:
                 self._streams.pop(key, None)
             else:
                 self._streams[key] = engine
-        self._reply_when_done(request_id, future, pack_prediction)
+        self._reply_when_done(request_id, future,
+                              lambda prediction: (answered, pack_prediction(prediction)))
 
     def _end(self, request_id, model, version, key, why) -> None:
         self._streams.pop(key, None)
-        self.registry.get(model, version).end_sequence(key, why=why)
+        self.registry.sequence_engine(model, version, key, False).end_sequence(key, why=why)
 
     def _export(self, request_id, model, version, key, release) -> None:
-        blob, state = self.registry.get(model, version).export_sequence(key, release=release)
+        engine = self.registry.sequence_engine(model, version, key, False)
+        blob, state = engine.export_sequence(key, release=release)
         if release:
             self._streams.pop(key, None)
         last = None if state.last is None else pack_prediction(state.last)
@@ -136,6 +152,14 @@ class FrontendLink:
             self._streams[key] = engine
         last = None if state.last is None else pack_prediction(state.last)
         self.send(("ok", request_id, (state.tokens, state.chunks, last)))
+
+    def _load(self, request_id, model) -> None:
+        future = asyncio.ensure_future(self.registry.load_model(model))
+        self._reply_when_done(request_id, future, lambda _: None)
+
+    def _unload(self, request_id, model) -> None:
+        future = asyncio.ensure_future(self.registry.unload_model(model))
+        self._reply_when_done(request_id, future, lambda _: None)
 
     def _listening(self, request_id, pid) -> None:
         self.pid = pid

@@ -144,10 +144,10 @@ def pack_prediction(prediction: Prediction) -> tuple:
             prediction.logits.astype(np.float32, copy=False).tobytes(), prediction.state)
 
 
-def unpack_prediction(packed: tuple, labels) -> Prediction:
+def unpack_prediction(packed: tuple, labels, version: str = "") -> Prediction:
     index, tokens, probabilities, logits, state = packed
     return Prediction(labels[index], np.frombuffer(probabilities, np.float32),
-                      np.frombuffer(logits, np.float32), tokens, index, state)
+                      np.frombuffer(logits, np.float32), tokens, index, state, version)
 
 
 _ERRORS = {cls.code.name: cls for cls in (

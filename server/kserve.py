@@ -18,6 +18,7 @@ Server shutdown: the app calls ``begin_drain()`` on the servicer ``register`` re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -26,7 +27,7 @@ from importlib import metadata as importlib_metadata
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from .errors import ServingError
+from .errors import InvalidArgument, ServingError
 from .guarded import generic_handler
 from .kserve_infer import ParsedRequest, ServedShape, build_response, parse_request
 from .kserve_models import full_shape, served_config, tensor_specs
@@ -43,8 +44,6 @@ SERVER_NAME = "rnnserve"
 EXTENSIONS = ("classification", "sequence", "model_configuration", "statistics", "parameters")
 #: RPCs of the service that rnnserve answers with UNIMPLEMENTED.
 UNIMPLEMENTED_RPCS = {
-    "RepositoryModelLoad": "models are loaded at start-up from the repository",
-    "RepositoryModelUnload": "models are loaded at start-up from the repository",
     "SystemSharedMemoryStatus": "shared-memory tensors are not supported",
     "SystemSharedMemoryRegister": "shared-memory tensors are not supported",
     "SystemSharedMemoryUnregister": "shared-memory tensors are not supported",
@@ -124,6 +123,34 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
 
+    async def RepositoryModelLoad(self, request, context):
+        """Triton's explicit load: (re)load the model from the repository, applying its
+        version_policy; answers once the new versions are warm and READY. Only with
+        ``--model-control explicit`` (else FAILED_PRECONDITION); config/file overrides are
+        refused (INVALID_ARGUMENT): rnnserve serves only what the repository holds."""
+        try:
+            overrides = [key for key in request.parameters
+                         if key == "config" or key.startswith("file:")]
+            if overrides:
+                raise InvalidArgument(f"RepositoryModelLoad parameters {overrides} are not "
+                                      "supported: rnnserve loads models only as exported "
+                                      "into the repository")
+            await self._models.load(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+
+    async def RepositoryModelUnload(self, request, context):
+        """Triton's explicit unload: every version of the model leaves at once (no new
+        sequences or stateless requests); open sequences finish on it for at most
+        ``unload_wait_seconds``. ``unload_dependents`` has nothing to act on (no
+        ensembles)."""
+        try:
+            await self._models.unload(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+
     async def RepositoryIndex(self, request, context):
         models = [
             service_pb2.RepositoryIndexResponse.ModelIndex(
@@ -175,11 +202,11 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._models.record_rejected(engine, view=view, code=exc.code,
                                          seconds=time.perf_counter() - started)
             raise
-        predictions = await self._run(engine, parsed, context)
-        return build_response(request, served, str(engine.version), parsed.outputs,
-                              predictions)
+        predictions = await self._run(engine, parsed, context, view, request.model_version)
+        answered = predictions[0].version or str(engine.version)
+        return build_response(request, served, answered, parsed.outputs, predictions)
 
-    async def _run(self, engine, parsed: ParsedRequest, context):
+    async def _run(self, engine, parsed: ParsedRequest, context, view, version: str):
         """Stateless rows go to ``classify``; a sequence step to ``stream_step``, where a
         start on an open id restarts it (Triton's behaviour for a repeated START). Only a
         sequence step works out its caller (per-client quota), so stateless calls skip it."""
@@ -188,9 +215,13 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         client = ANONYMOUS if context is None else client_of(context,
                                                              by_token=self._settings_auth)
         control = parsed.sequence
+        engine = self._models.sequence_engine(view, version, control.sequence_id,
+                                              control.start)
         prediction = await engine.stream_step(
             control.sequence_id, parsed.texts[0], start=control.start, end=control.end,
             api=API, restart=control.start, client=client)
+        if not prediction.version:        # in-process: the engine the step went to
+            prediction = dataclasses.replace(prediction, version=str(engine.version))
         return [prediction]
 
 

@@ -5,13 +5,18 @@ Invariants:
   with Triton's wording ("Request for unknown model: 'x' is not found", "... version 3 is
   not found"); a known but not-ready version is UNAVAILABLE.
 - ``<model>-stream`` exists only for models whose engine can stream (not bidirectional).
+- A sequence step goes where the registry routes it (``sequence_engine``: the version its
+  sequence is open on when the request names none); a version that is unloaded but still
+  finishes open sequences is found by an explicit version only for those steps.
+- RepositoryIndex lists every version the registry knows with its real state: READY,
+  LOADING, or UNAVAILABLE with the reason (not selected, refused: why, unloaded).
 - Everything KServe reports about batching (max_batch_size, queue delay, sequence idle time)
   is the engine's effective value (settings override config.pbtxt), not the file's.
 """
 
 from __future__ import annotations
 
-from .errors import NotFound, ServingError, Unavailable
+from .errors import InvalidArgument, NotFound, ServingError, Unavailable
 from .kserve_models import ModelView, all_views, resolve_name
 
 
@@ -51,6 +56,9 @@ class ServedModels:
         if view is None:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if version and version not in self._registry.versions(view.base):
+            retiring = self._registry.retiring_engine(view.base, version)
+            if retiring is not None:      # unloading: its open sequences may still step
+                return view, retiring
             raise NotFound(f"Request for unknown model: '{name}' version {version} is not "
                            "found")
         try:
@@ -60,6 +68,24 @@ class ServedModels:
         except ServingError as exc:  # registry's own NotFound wording → Triton's
             raise NotFound(f"Request for unknown model: '{name}' is not found") from exc
         return view, engine
+
+    def sequence_engine(self, view: ModelView, version: str, sequence_id, start: bool):
+        """The engine (or front-end handle) a sequence step of ``view`` goes to."""
+        return self._registry.sequence_engine(view.base, version, sequence_id, start)
+
+    async def load(self, name: str) -> None:
+        """RepositoryModelLoad: ``name`` is a model of the repository (a ``-stream`` view
+        names its model)."""
+        await self._registry.load_model(self._base_name(name))
+
+    async def unload(self, name: str) -> None:
+        await self._registry.unload_model(self._base_name(name))
+
+    def _base_name(self, name: str) -> str:
+        if not name:
+            raise InvalidArgument("model_name is empty; name the model to load or unload")
+        view = self.resolve(name)
+        return view.base if view is not None else name
 
     def statistics_targets(self, name: str, version: str):
         """(view, engine) pairs ModelStatistics reports: all views/versions when unnamed."""
@@ -97,16 +123,13 @@ class ServedModels:
 
     def index(self, *, ready: bool):
         """(name, version, state, reason) of every view and version, sorted."""
+        views = self.views()
         rows = []
-        for view in self.views():
-            for engine in self._registry.engines():
-                if engine.name != view.base:
-                    continue
-                state = "READY" if engine.ready else "UNAVAILABLE"
-                if ready and state != "READY":
-                    continue
-                reason = "" if engine.ready else "loading or shutting down"
-                rows.append((view.name, str(engine.version), state, reason))
+        for base, version, state, reason in self._registry.status():
+            if ready and state != "READY":
+                continue
+            names = [view.name for view in views if view.base == base] or [base]
+            rows.extend((name, version, state, reason) for name in names)
         return sorted(rows, key=lambda row: (row[0], int(row[1]) if row[1].isdigit() else 0))
 
     # -- what is actually served ----------------------------------------------------------

@@ -24,6 +24,9 @@ class Prediction:
     label_index: int = 0
     #: Sequence state snapshot taken right after this chunk, when the chunk asked for one.
     state: bytes | None = None
+    #: The model version that answered, when the caller could not know it in advance (a
+    #: front-end's request for "the latest version" or "wherever this sequence is open").
+    version: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ lookup rule (server/catalog.py), built from the catalog the engine sends. Its
 engine process over one channel (server/ipc.py, server/engine_host.py).
 
 Invariants:
+- ``get(name)`` without a version returns a *floating* handle: its requests name no version,
+  so the engine process picks the latest version it serves at that moment (and the version
+  of an open sequence for its steps); answers carry the version that gave them
+  (``Prediction.version``). A catalog that lags a reload therefore never sends a request to
+  an unloaded version.
+- The catalog mirrors the engine's directory: served versions, the state of the others
+  (``status``) and the unloaded versions still finishing sequences (``retiring_engine``).
 - Requests leave in call order on one channel, so a sequence's steps reach the engine in
   the order the servicer submitted them, and their futures resolve in that order.
 - Every request's future settles: with the engine's answer, or UNAVAILABLE when the
@@ -20,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import os
 import time
@@ -86,7 +94,7 @@ class EngineLink:
                 except Exception as exc:  # noqa: BLE001 - a bad payload fails its request only
                     future.set_exception(exc)
         elif kind == "catalog":
-            self._on_catalog(message[1], message[2])
+            self._on_catalog(*message[1:])
         elif kind == "serve":
             self.serving.set()
 
@@ -113,6 +121,14 @@ class RemoteEngine:
         self._description = entry.description
         self._link = link
         self.telemetry = telemetry
+        self._route = entry.version        # the version requests name ("" = floating)
+
+    def floating(self) -> RemoteEngine:
+        """This model's handle whose requests go to whatever version the engine serves as
+        the latest (or where the sequence is open)."""
+        handle = copy.copy(self)
+        handle._route = ""
+        return handle
 
     @property
     def key(self) -> str:
@@ -124,6 +140,10 @@ class RemoteEngine:
     def _prediction(self, packed) -> Prediction:
         return unpack_prediction(packed, self.labels)
 
+    def _answer(self, answer) -> Prediction:
+        version, packed = answer
+        return unpack_prediction(packed, self.labels, version)
+
     def _info(self, packed) -> SequenceInfo:
         tokens, chunks, last = packed
         return SequenceInfo(tokens, chunks, None if last is None else self._prediction(last))
@@ -131,8 +151,9 @@ class RemoteEngine:
     async def classify(self, texts: Sequence[str], *, api: str = "text") -> list[Prediction]:
         labels, started = self.labels, time.perf_counter()
         future = self._link.request(
-            "classify", self.name, self.version, list(texts),
-            decode=lambda packed: [unpack_prediction(p, labels) for p in packed])
+            "classify", self.name, self._route, list(texts),
+            decode=lambda answer: [unpack_prediction(p, labels, answer[0])
+                                   for p in answer[1]])
         report_when_settled(self.telemetry, future, api=api, kind="unary", started=started,
                             texts=len(texts))
         return await future
@@ -145,8 +166,8 @@ class RemoteEngine:
                     api: str = "text", client: str = ANONYMOUS,
                     export: bool = False) -> asyncio.Future:
         started = time.perf_counter()
-        future = self._link.request("step", self.name, self.version, sequence_id, text, start,
-                                    end, restart, client, export, decode=self._prediction)
+        future = self._link.request("step", self.name, self._route, sequence_id, text, start,
+                                    end, restart, client, export, decode=self._answer)
         report_when_settled(self.telemetry, future, api=api, kind="stream", started=started,
                             texts=1)
         return future
@@ -158,17 +179,17 @@ class RemoteEngine:
                                       restart=restart, api=api, client=client)
 
     def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
-        self._link.notify("end", self.name, self.version, sequence_id, why)
+        self._link.notify("end", self.name, self._route, sequence_id, why)
 
     async def export_state(self, sequence_id: Hashable, *, release: bool = False
                            ) -> tuple[bytes, SequenceInfo]:
-        blob, info = await self._link.request("export", self.name, self.version, sequence_id,
+        blob, info = await self._link.request("export", self.name, self._route, sequence_id,
                                               release)
         return blob, self._info(info)
 
     async def import_state(self, sequence_id: Hashable, snapshot: Snapshot, *,
                            client: str = ANONYMOUS) -> SequenceInfo:
-        return await self._link.request("import", self.name, self.version, sequence_id,
+        return await self._link.request("import", self.name, self._route, sequence_id,
                                         snapshot, client, decode=self._info)
 
 
@@ -185,21 +206,55 @@ class RemoteRegistry(ModelDirectory):
         key = settings.state_key.get_secret_value() if settings.state_key else None
         self.snapshots = SnapshotCodec(load_state_keys(key, settings.state_key_file))
         self.link = EngineLink(self._catalog, self._lost)
+        self._floating: dict[tuple[str, str], RemoteEngine] = {}
         self.catalog_received = asyncio.Event()
         self.lost = asyncio.Event()
 
-    def _catalog(self, entries: list[ModelEntry], default_model: str) -> None:
+    def _catalog(self, entries: list[ModelEntry], default_model: str,
+                 status: dict | None = None, retiring: list[ModelEntry] = ()) -> None:
         engines = {}
         for entry in entries:
-            telemetry = self.telemetry.model(entry.name, entry.version) \
-                if self.telemetry is not None else None
-            engines[(entry.name, entry.version)] = RemoteEngine(entry, self.link, telemetry)
+            engines[(entry.name, entry.version)] = self._handle(entry)
         self._engines = engines
+        self._floating = {key: engine.floating() for key, engine in engines.items()}
+        self._retiring = [self._handle(entry) for entry in retiring]
+        self._status = dict(status or {})
         self._index(default_model or None)
         self.catalog_received.set()
+        self._changed()
+
+    def _handle(self, entry: ModelEntry) -> RemoteEngine:
+        telemetry = self.telemetry.model(entry.name, entry.version) \
+            if self.telemetry is not None else None
+        return RemoteEngine(entry, self.link, telemetry)
+
+    def get(self, name: str | None = None, version: str | int | None = None):
+        """The directory's rule; without a version, a floating handle (module doc)."""
+        engine = super().get(name, version)
+        if version in (None, "", 0, "0"):
+            return self._floating.get((engine.name, engine.version), engine)
+        return engine
+
+    def get_any(self, name: str, version: str | None):
+        """``get``, or the handle of an unloaded version still finishing sequences."""
+        if name and version not in (None, "", 0, "0"):
+            retiring = self.retiring_engine(name, str(version))
+            if retiring is not None and (name, str(version)) not in self._engines:
+                return retiring
+        return self.get(name, version)
+
+    def sequence_engine(self, name: str, version: str | None, key, start: bool):
+        """The handle a sequence step goes through: the engine process routes it."""
+        return self.get_any(name, version)
+
+    async def load_model(self, name: str) -> None:
+        await self.link.request("load", name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.link.request("unload", name)
 
     def _lost(self) -> None:
-        for engine in self._engines.values():
+        for engine in [*self._engines.values(), *self._floating.values()]:
             engine.ready = False
         self.lost.set()
 

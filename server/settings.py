@@ -22,6 +22,7 @@ from .security import SecuritySettings
 Device = Literal["auto", "cpu", "cuda"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 LogFormat = Literal["json", "kv"]
+ModelControl = Literal["none", "poll", "explicit"]
 
 
 class ServerSettings(SecuritySettings):
@@ -54,6 +55,17 @@ class ServerSettings(SecuritySettings):
                                            "everything; above 1 one engine process does the "
                                            "batching, sequence state and ONNX Runtime for "
                                            "all of them (docs/architecture.md).")
+
+    model_control: ModelControl = Field("none", description="none: the versions loaded at "
+                                        "start-up are served until exit; poll: rescan the "
+                                        "repository every poll_seconds; explicit: KServe "
+                                        "RepositoryModelLoad/Unload (docs/server.md \"Live "
+                                        "model repository\").")
+    poll_seconds: float = Field(5.0, gt=0, description="Repository rescan period with "
+                                "model_control poll.")
+    unload_wait_seconds: float = Field(60.0, ge=0, description="An unloaded version finishes "
+                                       "its open sequences for at most this long, then "
+                                       "closes (sequences still open end).")
 
     # --- ONNX Runtime -----------------------------------------------------------------
     device: Device = Field("auto", description="auto: CUDA if usable, else CPU (one log line "

@@ -74,7 +74,7 @@ class SentimentServicer:
         self.settings = settings
         self._readers: set[asyncio.Task] = set()
         self._draining = False
-        self._encoders: dict[str, ResponseEncoder] = {}
+        self._encoders: dict[tuple[str, str], ResponseEncoder] = {}
 
     def begin_drain(self) -> None:
         """Stop reading new chunks on open streams; they flush their answers and end with
@@ -92,13 +92,17 @@ class SentimentServicer:
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
         except ServingError as error:
             await context.abort(error.code, error.message)
-        return self._encoder(engine).classify(predictions)
+        return self._encoder(engine, predictions[0].version).classify(predictions)
 
-    def _encoder(self, engine) -> ResponseEncoder:
-        encoder = self._encoders.get(engine.key)
+    def _encoder(self, engine, version: str = "") -> ResponseEncoder:
+        """Encoder of ``engine``'s model at ``version`` (the version that answered, when
+        the engine is a front-end's handle to "the latest"), else ``engine.version``."""
+        version = version or engine.version
+        key = (engine.name, version)
+        encoder = self._encoders.get(key)
         if encoder is None:
-            encoder = self._encoders[engine.key] = ResponseEncoder(engine.name, engine.version,
-                                                                   engine.labels)
+            encoder = self._encoders[key] = ResponseEncoder(engine.name, version,
+                                                            engine.labels)
         return encoder
 
     async def ListModels(self, request, context) -> pb.ListModelsResponse:
@@ -194,8 +198,8 @@ class SentimentServicer:
                     chunk_index = total_tokens = 0
                 if base is not None:
                     chunk_index, total_tokens = base
-                if encoder is None:
-                    encoder = self._encoder(stream.engine)
+                if encoder is None or first or reset:
+                    encoder = self._encoder(stream.engine, prediction.version)
                     sequence_id = str(stream.key)
                 chunk_index += 1
                 total_tokens += prediction.tokens

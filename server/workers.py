@@ -15,6 +15,9 @@ Life cycle:
   others go on. Its streams' sequences end; KServe sequences stay open for any front-end.
   More than ``RESTART_LIMIT`` restarts within ``RESTART_WINDOW`` seconds stop the server
   (exit 1) instead of looping.
+- Live repository: every change of the registry (a version loading, ready, refused or
+  unloaded) sends the new catalog to every front-end at once (a registry listener), before
+  the answer to the RepositoryModelLoad/Unload that caused it; ``poll`` rescans here.
 - SIGTERM/SIGINT: every front-end drains as a single server does (its streams still get
   their state trailer, since the engine keeps answering); once all have exited (SIGKILL for
   any still running after the grace period), the engine finishes admitted work, stops and
@@ -99,6 +102,13 @@ class Supervisor:
         self.failed = asyncio.Event()
         self._restarts: list[float] = []
         self._watchers: set[asyncio.Task] = set()
+        registry.add_listener(self._push_catalog)
+
+    def _push_catalog(self) -> None:
+        message = self.registry.catalog_message()
+        for frontend in self.frontends:
+            if frontend.link is not None:
+                frontend.link.send(message)
 
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(frontend) for frontend in self.frontends))
@@ -115,7 +125,7 @@ class Supervisor:
                                      lambda link: None)
         await frontend.link.open(parent)
         frontend.link.send(("start", self.settings, frontend.index, self.multiprocess_dir))
-        frontend.link.send(("catalog", self.registry.entries(), self.registry.default_model))
+        frontend.link.send(self.registry.catalog_message())
         watcher = asyncio.get_running_loop().create_task(self._watch(frontend,
                                                                      frontend.process))
         self._watchers.add(watcher)
@@ -124,10 +134,7 @@ class Supervisor:
     def engine_warm(self) -> None:
         """Every model is loaded and warm: send the final catalog, serve when all listen."""
         self.engine_ready = True
-        for frontend in self.frontends:
-            if frontend.link is not None:
-                frontend.link.send(("catalog", self.registry.entries(),
-                                    self.registry.default_model))
+        self._push_catalog()
         self._maybe_serve()
 
     def _listening(self, link: FrontendLink) -> None:
@@ -275,6 +282,8 @@ async def _serve(settings, registry, supervisor: Supervisor, port: int, metrics,
                       metrics_port=None if metrics is None else metrics.port,
                       models=[engine.key for engine in registry.engines()],
                       seconds=round(time.perf_counter() - started, 3))
+            if settings.model_control == "poll":
+                registry.start_polling()
             await asyncio.wait({loop.create_task(stop.wait()),
                                 loop.create_task(supervisor.failed.wait())},
                                return_when=asyncio.FIRST_COMPLETED)

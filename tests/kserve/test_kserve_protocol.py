@@ -121,6 +121,16 @@ def test_statistics_of_all_models_and_versions(client):
 @pytest.mark.parametrize("rpc, message", [
     ("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name=LSTM)),
     ("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=LSTM)),
+])
+def test_load_and_unload_need_explicit_model_control(kstub, rpc, message):
+    """The shared server runs with the default --model-control none: its models stay."""
+    with pytest.raises(grpc.RpcError) as error:
+        getattr(kstub, rpc)(message, timeout=10)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--model-control explicit" in error.value.details()
+
+
+@pytest.mark.parametrize("rpc, message", [
     ("SystemSharedMemoryStatus", service_pb2.SystemSharedMemoryStatusRequest()),
     ("CudaSharedMemoryRegister", service_pb2.CudaSharedMemoryRegisterRequest()),
     ("TraceSetting", service_pb2.TraceSettingRequest()),
