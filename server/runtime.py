@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import threading
 import time
@@ -42,6 +41,7 @@ import onnxruntime as ort
 
 from rnnserve.repository import RepositoryMetadata
 
+from .cpus import available_cpus
 from .cuda_probe import CudaProbe, probe_cuda
 from .logs import log_event
 from .settings import ServerSettings
@@ -135,14 +135,6 @@ def _cuda_failed(device: str, device_id: int, reason: str, model: Path) -> None:
     if previous is None or previous.provider == CUDA:
         log_event(log, "execution_provider_fallback", level=logging.WARNING,
                   model=str(model), provider=CPU, reason=f"CUDA not usable: {reason}"[:500])
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects taskset and cgroup cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def session_options(settings: ServerSettings) -> ort.SessionOptions:
