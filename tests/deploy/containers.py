@@ -65,15 +65,16 @@ class Podman:
         return done.stdout
 
     def container(self, image: str, *, env: dict[str, str], volumes: dict[Path, str],
-                  ports: dict[int, int]) -> Container:
-        """Start ``image`` detached with the manifest's flags; ports: host -> container."""
+                  ports: tuple[int, ...] = (8001, 8002)) -> Container:
+        """Start ``image`` detached with the manifest's flags. ``ports`` are published on
+        127.0.0.1 at ports podman picks (no race for a free port): ``Container.port``."""
         name = f"rnnserve-test-{os.getpid()}-{next(_names)}"
         self.run("rm", "--force", "--time", "0", name, check=False)
         flags = [*MANIFEST_FLAGS]
         for source, target in volumes.items():
             flags += ["--volume", f"{source}:{target}"]
-        for host, inside in ports.items():
-            flags += ["--publish", f"127.0.0.1:{host}:{inside}"]
+        for inside in ports:
+            flags += ["--publish", f"127.0.0.1::{inside}"]
         for key, value in env.items():
             flags += ["--env", f"{key}={value}"]
         self.run("run", "--detach", "--name", name, *flags, image)
@@ -93,6 +94,11 @@ class Container:
 
     def __exit__(self, *_: object) -> None:
         self.podman.run("rm", "--force", "--time", "0", self.name, check=False)
+
+    def port(self, inside: int) -> int:
+        """The host port (on 127.0.0.1) that ``inside`` is published at."""
+        done = self.podman.run("port", self.name, f"{inside}/tcp")
+        return int(done.stdout.strip().splitlines()[0].rpartition(":")[2])
 
     def logs(self) -> str:
         done = self.podman.run("logs", self.name, check=False)

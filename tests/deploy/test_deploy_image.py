@@ -30,13 +30,18 @@ import pytest
 import tritonclient.grpc as triton
 from containers import Podman
 from deploy_helpers import ROOT, load_all
-from rnnserve.bench.prometheus_runner import PrometheusRunner, free_port, prometheus_binary
+from rnnserve.bench.prometheus_runner import PrometheusRunner, prometheus_binary
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("podman") is None and os.environ.get("RNNSERVE_REQUIRE_PODMAN") != "1",
-    reason="podman not installed (make system-deps)")
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("podman") is None and os.environ.get("RNNSERVE_REQUIRE_PODMAN") != "1",
+        reason="podman not installed (make system-deps)"),
+    # The first test also builds the image: on a fresh machine the debootstrap base and the
+    # pip downloads take minutes (the build itself stops at 25 minutes).
+    pytest.mark.timeout(1800),
+]
 
 IMAGE = "localhost/rnnserve:cpu"
 LSTM, GRU = "tiny-lstm", "tiny-gru"
@@ -96,14 +101,12 @@ def secrets_volume(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def served(podman, cpu_image, model_volume, secrets_volume):
     """One container with every setting of the manifest, healthy; (container, ports)."""
-    port, metrics_port = free_port(), free_port()
     container = podman.container(
         cpu_image, env=manifest_env(),
-        volumes={model_volume: "/models:ro", secrets_volume: f"{SECRETS}:ro"},
-        ports={port: 8001, metrics_port: 8002})
+        volumes={model_volume: "/models:ro", secrets_volume: f"{SECRETS}:ro"})
     with container:
         container.wait_healthy()
-        yield container, port, metrics_port
+        yield container, container.port(8001), container.port(8002)
 
 
 def _bearer(token: str = TOKEN) -> tuple[tuple[str, str], ...]:
@@ -236,13 +239,12 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
     # and without the drain delay (nothing routes by health here); same state key on both.
     env = {k: v for k, v in manifest_env().items() if k != "RNNSERVE_AUTH_TOKEN_FILE"}
     env["RNNSERVE_DRAIN_DELAY_SECONDS"] = "0"
-    ports = [free_port(), free_port()]
     volumes = {model_volume: "/models:ro", secrets_volume: f"{SECRETS}:ro"}
-    with podman.container(cpu_image, env=env, volumes=volumes, ports={ports[0]: 8001}) as a, \
-            podman.container(cpu_image, env=env, volumes=volumes, ports={ports[1]: 8001}) as b:
+    with podman.container(cpu_image, env=env, volumes=volumes, ports=(8001,)) as a, \
+            podman.container(cpu_image, env=env, volumes=volumes, ports=(8001,)) as b:
         a.wait_healthy()
         b.wait_healthy()
-        target = f"ipv4:127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+        target = f"ipv4:127.0.0.1:{a.port(8001)},127.0.0.1:{b.port(8001)}"
         options = [("grpc.lb_policy_name", "round_robin")]
         with grpc.insecure_channel(target, options=options) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
@@ -254,7 +256,7 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
                 try:
                     for response in classify_stream(stub, CHUNKS, model=GRU):
                         results[index].append(response)
-                        time.sleep(0.002)   # a slow reader keeps the stream open for seconds
+                        time.sleep(0.004)   # a slow reader keeps the stream open for seconds
                 except BaseException as error:   # noqa: BLE001 - reported below
                     errors.append(error)
 
@@ -274,9 +276,13 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
     for responses in results:
         assert [r.chunk_index for r in responses] == list(range(1, len(CHUNKS) + 1))
         assert responses[-1].end
-        resumed += sum(1 for i, r in enumerate(responses) if r.model and i > 0)
+        # A new call's first answer names the model: a resume (one at most: b never drains).
+        resumes = sum(1 for i, r in enumerate(responses) if r.model and i > 0)
+        assert resumes <= 1, resumes
+        resumed += resumes
         np.testing.assert_allclose([r.prediction.logits for r in responses], expected,
                                    atol=1e-5, rtol=0)
+    # Round robin put some of the streams on a (all of them if b was not ready yet).
     assert resumed, "no stream was resumed: the drain did not interrupt any stream"
 
 
@@ -320,11 +326,10 @@ def test_gpu_image_lacks_only_the_driver(podman, model_volume, offline):
     probe = podman.run("run", "--rm", "--entrypoint", "python", GPU_IMAGE, "-c", UNRESOLVED)
     report = json.loads(probe.stdout.strip().splitlines()[-1])
     assert report["libraries"] > 10 and report["missing"] == ["libcuda.so.1"], report
-    port = free_port()
     for device in ("auto", "cuda"):
         container = podman.container(
             GPU_IMAGE, env={"RNNSERVE_DEVICE": device, "RNNSERVE_DRAIN_DELAY_SECONDS": "0"},
-            volumes={model_volume: "/models:ro"}, ports={port: 8001})
+            volumes={model_volume: "/models:ro"})
         with container:
             if device == "cuda":   # the image's default: no driver, so it must refuse
                 deadline = time.monotonic() + 120
@@ -339,7 +344,7 @@ def test_gpu_image_lacks_only_the_driver(podman, model_volume, offline):
             assert len(choices) == 1, container.logs()
             assert '"provider": "CPUExecutionProvider"' in choices[0], choices
             assert "libcuda.so.1" in choices[0], choices
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with grpc.insecure_channel(f"127.0.0.1:{container.port(8001)}") as channel:
                 reply = sentiment_pb2_grpc.SentimentStub(channel).Classify(
                     pb.ClassifyRequest(texts=SENTENCES, model=LSTM), timeout=30)
             np.testing.assert_allclose([p.logits for p in reply.predictions],
