@@ -57,6 +57,8 @@ fi
 flags+=(${PODMAN_BUILD_FLAGS:-})
 
 echo "build-image: $tag from $base"
-"$podman" build "${flags[@]}" "$root"
+# stdin from /dev/null: a podman build with a terminal on stdin is stopped (SIGTTIN) when
+# run as a background job.
+"$podman" build "${flags[@]}" "$root" </dev/null
 echo "build-image: $tag $("$podman" image inspect --format '{{.Size}}' "$tag" | \
     awk '{printf "%.0f MB", $1 / 1e6}')"

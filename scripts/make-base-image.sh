@@ -41,6 +41,6 @@ tar --numeric-owner -C "$rootfs" -c . | "$podman" import \
     --change 'CMD ["python3"]' \
     --message "debootstrap --variant=minbase --include=python3-venv bookworm $mirror" \
     - "$tag" >/dev/null
-"$podman" run --rm "$tag" python3 -c \
+"$podman" run --rm "$tag" python3 -c </dev/null \
     'import sys, venv; print("make-base-image: python", sys.version.split()[0])'
 echo "make-base-image: $tag ready"

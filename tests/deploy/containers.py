@@ -48,8 +48,11 @@ class Podman:
 
     def run(self, *args: str, timeout: float = 120, check: bool = True
             ) -> subprocess.CompletedProcess:
+        # stdin from /dev/null: podman with a terminal on stdin gets stopped (SIGTTIN) when
+        # the test runs in a background job.
         done = subprocess.run([self.binary, *args], env=self.env, capture_output=True,
-                              text=True, check=False, timeout=timeout)
+                              stdin=subprocess.DEVNULL, text=True, check=False,
+                              timeout=timeout)
         if check and done.returncode != 0:
             raise PodmanError(f"podman {' '.join(args)} -> {done.returncode}\n"
                               f"{done.stdout}\n{done.stderr}")
@@ -58,7 +61,8 @@ class Podman:
     def build(self, target: str, tag: str, timeout: float = 1500) -> str:
         """scripts/build-image.sh TARGET TAG (the `make image` path); returns its output."""
         done = subprocess.run([str(SCRIPTS / "build-image.sh"), target, tag], env=self.env,
-                              capture_output=True, text=True, check=False, timeout=timeout)
+                              capture_output=True, stdin=subprocess.DEVNULL, text=True,
+                              check=False, timeout=timeout)
         if done.returncode != 0:
             raise PodmanError(f"build-image.sh {target} failed ({done.returncode}):\n"
                               f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}")
