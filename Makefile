@@ -1,12 +1,15 @@
 # Two entry points, as the README's first lines say:
 #   make demo  - install, train a small LSTM and GRU on the offline default data, export, serve
 #   make test  - install everything the suite needs and run it (.ci/run calls exactly this)
+# Images (podman; docs/deployment.md): make image, make image-gpu, make image-bundled,
+# make base-image (the registry-free debootstrap base, made on demand by the others).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-dev system-deps lint protos clean
+.PHONY: demo test install install-dev system-deps lint protos clean \
+        image image-gpu image-bundled image-gpu-bundled image-models base-image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +27,29 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-run
 install-dev: $(VENV)/.installed-dev
 
-# Debian's Prometheus (metrics tests), h2load (capacity bench) and perf_analyzer (KServe v2
-# tests); all idempotent.
+# Debian's Prometheus (metrics tests), h2load (capacity bench), perf_analyzer (KServe v2
+# tests) and podman with buildah, runc and debootstrap (container tests, make image); all
+# idempotent.
 system-deps:
 	bash .ci/install-prometheus.sh
 	bash .ci/install-h2load.sh
 	bash bench/perf_analyzer.sh --install-only
+	bash .ci/install-podman.sh
+
+# rnnserve:<target> from the Dockerfile; the base is python:3.11-slim-bookworm when a
+# registry serves it, else the debootstrap base (scripts/build-image.sh).
+image:
+	scripts/build-image.sh cpu
+image-gpu:
+	scripts/build-image.sh gpu
+image-bundled:
+	scripts/build-image.sh cpu-bundled
+image-gpu-bundled:
+	scripts/build-image.sh gpu-bundled
+image-models:
+	scripts/build-image.sh models
+base-image:
+	scripts/make-base-image.sh
 
 demo: install
 	$(BIN)/rnnserve demo

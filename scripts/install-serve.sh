@@ -17,6 +17,8 @@ if [ -z "$flavor" ] || [ -z "$venv" ]; then
     exit 2
 fi
 src="$(cd "$(dirname "$0")/.." && pwd)"
+# In an image build, the optional pip-ca secret (Dockerfile) is the CA bundle pip trusts.
+if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi
 python="${PYTHON:-python3}"
 
 requirements="$(mktemp)"

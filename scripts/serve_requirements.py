@@ -2,9 +2,11 @@
 
 ``python3 scripts/serve_requirements.py --flavor cpu|gpu [pyproject.toml]``
 
-pyproject's ``[serve]`` extra pins ``onnxruntime-gpu``. The GPU image installs it as is; the
-CPU image swaps in ``onnxruntime`` at the same version (a few MB instead of hundreds, and no
-CUDA libraries to find). Reading the pins from pyproject keeps it the one place they live.
+pyproject's ``[serve]`` extra pins ``onnxruntime-gpu``. The GPU image installs it with its
+``[cuda,cudnn]`` extras, which bring the CUDA runtime and cuDNN from PyPI (nvidia-* wheels)
+so that no CUDA base image is needed; the CPU image swaps in ``onnxruntime`` at the same
+version (a few MB instead of hundreds, and no CUDA libraries to find). Only the package name
+and extras change; the version is pyproject's, the one place pins live.
 Standard library only: it runs before anything is installed.
 """
 
@@ -18,18 +20,19 @@ from pathlib import Path
 
 GPU_RUNTIME = "onnxruntime-gpu"
 CPU_RUNTIME = "onnxruntime"
+# onnxruntime-gpu's extras that pull the CUDA libraries it was built against from PyPI.
+GPU_EXTRAS = "[cuda,cudnn]"
 
 
 def serve_requirements(pyproject: Path, flavor: str) -> list[str]:
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     requirements = list(project["optional-dependencies"]["serve"])
-    if flavor == "cpu":
-        pattern = re.compile(rf"^{re.escape(GPU_RUNTIME)}(?=[=<>!~ ;\[]|$)")
-        swapped = [pattern.sub(CPU_RUNTIME, r) for r in requirements]
-        if swapped == requirements:
-            raise SystemExit(f"{pyproject}: [serve] has no {GPU_RUNTIME} pin to swap")
-        requirements = swapped
-    return requirements
+    pattern = re.compile(rf"^{re.escape(GPU_RUNTIME)}(?=[=<>!~ ;]|$)")
+    replacement = CPU_RUNTIME if flavor == "cpu" else GPU_RUNTIME + GPU_EXTRAS
+    swapped = [pattern.sub(replacement, r) for r in requirements]
+    if swapped == requirements:
+        raise SystemExit(f"{pyproject}: [serve] has no plain {GPU_RUNTIME} pin to swap")
+    return swapped
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,9 @@ def test_serve_requirements_swap_only_the_runtime():
     gpu = _run([sys.executable, str(SCRIPTS / "serve_requirements.py"), "--flavor", "gpu"])
     cpu = _run([sys.executable, str(SCRIPTS / "serve_requirements.py"), "--flavor", "cpu"])
     gpu_lines, cpu_lines = gpu.stdout.split(), cpu.stdout.split()
-    assert any(r.startswith("onnxruntime-gpu==") for r in gpu_lines)
-    swapped = [r.replace("onnxruntime-gpu==", "onnxruntime==") for r in gpu_lines]
+    # The gpu image takes CUDA and cuDNN from PyPI through onnxruntime-gpu's extras.
+    assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]==") for r in gpu_lines)
+    swapped = [r.replace("onnxruntime-gpu[cuda,cudnn]==", "onnxruntime==") for r in gpu_lines]
     assert cpu_lines == swapped
     assert not any("torch" in r for r in cpu_lines + gpu_lines)
 
