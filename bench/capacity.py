@@ -250,7 +250,9 @@ def plot(results: dict, path: Path) -> None:
                      color="grey", label=f"raw tokenize+ORT, 1 core ({placement})")
     rate.set(xlabel="--workers", ylabel="requests/s (h2load)", title="Classify capacity")
     cost.set(xlabel="--workers", ylabel="server CPU µs / request", title="Cost per request")
+    workers = sorted({s["workers"] for e in results["placements"].values() for s in e["servers"]})
     for axis in (rate, cost):
+        axis.set_xticks(workers)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
