@@ -24,6 +24,10 @@ DEMO_SIZES = {"embed_dim": 64, "hidden": 128, "layers": 1}
 DEMO_NAMES = {"lstm": "sentiment-lstm", "gru": "sentiment-gru"}
 DEMO_DATA = "vader-reviews"
 DEMO_EPOCHS = 10
+#: One torch thread: the demo's small RNNs gain little from a second one on an idle
+#: machine, and on a busy one a second OpenMP thread spins while it waits for a core (a run
+#: took over 15 minutes with two threads on a loaded 2-core machine, 4 with one).
+DEMO_THREADS = 1
 
 
 def demo_command(
@@ -37,8 +41,8 @@ def demo_command(
     port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     num_threads: Annotated[
-        int | None, typer.Option(min=1, help="torch CPU threads for training (default: torch's choice)")
-    ] = None,
+        int, typer.Option(min=1, help="torch CPU threads for training (see DEMO_THREADS)")
+    ] = DEMO_THREADS,
     force: Annotated[bool, typer.Option(help="Retrain and re-export even if outputs exist.")] = False,
 ) -> None:
     started = time.perf_counter()
