@@ -41,7 +41,7 @@ app.command("serve", help="Serve a model repository over gRPC (text API + KServe
 app.command("bench", help="Benchmark against the raw ONNX Runtime limit and peers.")(
     bench_command
 )
-app.command("demo", help="Train small LSTM+GRU on the offline default data, export, serve.")(
+app.command("demo", help="Train small LSTM+GRU on an offline review corpus, export, serve.")(
     demo_command
 )
 

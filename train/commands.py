@@ -90,6 +90,10 @@ def train_command(
     lr_schedule: Annotated[
         str, typer.Option(help="constant, or linear decay to 0 over --epochs")
     ] = _default("lr_schedule"),
+    adversarial_eps: Annotated[
+        float,
+        typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)"),
+    ] = _default("adversarial_eps"),
     ema_decay: Annotated[
         float, typer.Option(help="Weight moving-average decay (0 = off)")
     ] = _default("ema_decay"),

@@ -51,6 +51,12 @@ class TrainConfig(BaseModel):
         "None: the cell's default (WORD_DROPOUT_DEFAULTS)",
     )
     bidirectional: bool = False
+    adversarial_eps: float = Field(
+        0.0,
+        ge=0.0,
+        description="adversarial training on the embeddings (Miyato et al., 2016): L2 size of "
+        "the per-text perturbation along the loss gradient; 0 disables it (twice the compute)",
+    )
     # optimisation
     lr: float = Field(2e-3, gt=0.0, description="peak AdamW learning rate")
     lr_schedule: Literal["constant", "linear"] = Field(

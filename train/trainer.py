@@ -192,6 +192,7 @@ def _train(
     scored = averaged.model if averaged is not None else model
     step = _TrainStep(model, optimizer, scheduler, averaged, config.clip_norm, device)
     step.word_dropout = config.effective_word_dropout
+    step.adversarial_eps = config.adversarial_eps
     batch_rng = np.random.default_rng(config.seed)
     train_labels = torch.tensor(prepared.splits.train.labels, dtype=torch.int64)
     val_labels = np.asarray(prepared.splits.validation.labels)
@@ -304,7 +305,13 @@ class WeightAverage:
 
 
 class _TrainStep:
-    """One step: word dropout, forward (AMP on CUDA), backward, clip, AdamW, schedule, EMA."""
+    """One step: word dropout, forward (AMP on CUDA), backward, clip, AdamW, schedule, EMA.
+
+    With ``adversarial_eps > 0`` the step also trains on an adversarial copy of the batch
+    (Miyato et al., 2016): each text's embedded sequence is moved by ``adversarial_eps``
+    (L2 over the whole sequence) along the gradient of the loss, and the loss there is
+    added to the clean loss. Only training changes; the model and its contract do not.
+    """
 
     def __init__(
         self,
@@ -321,6 +328,7 @@ class _TrainStep:
         self.use_amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.word_dropout = 0.0
+        self.adversarial_eps = 0.0
 
     def __call__(
         self, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
@@ -331,12 +339,15 @@ class _TrainStep:
             # Word dropout: hide random real tokens behind [UNK] so no phrase is memorised.
             hidden = (torch.rand(ids.shape) < self.word_dropout) & (ids != PAD_ID)
             ids = ids.masked_fill(hidden, UNK_ID)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
-        with autocast:
-            logits, _ = self.model(ids.to(self.device), lengths)
-        loss = nn.functional.cross_entropy(logits.float(), targets)
+        ids = ids.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if self.adversarial_eps > 0:
+            logits, loss = self._adversarial(ids, lengths, targets)
+        else:
+            with self._autocast():
+                logits, _ = self.model(ids, lengths)
+            loss = nn.functional.cross_entropy(logits.float(), targets)
+            self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.scaler.step(self.optimizer)
@@ -345,6 +356,44 @@ class _TrainStep:
         if self.averaged is not None:
             self.averaged.update(self.model)
         return loss.item(), int((logits.argmax(dim=1) == targets).sum())
+
+    def _autocast(self) -> torch.autocast | nullcontext:
+        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+
+    def _adversarial(
+        self, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean and adversarial backward passes (gradients accumulate); clean logits and loss."""
+        captured: list[torch.Tensor] = []
+
+        def capture(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            output.retain_grad()
+            captured.append(output)
+
+        handle = self.model.embedding.register_forward_hook(capture)
+        try:
+            with self._autocast():
+                logits, _ = self.model(ids, lengths)
+        finally:
+            handle.remove()
+        loss = nn.functional.cross_entropy(logits.float(), targets)
+        self.scaler.scale(loss).backward()
+        gradient = captured[0].grad.detach().float()
+        norms = gradient.flatten(1).norm(dim=1).clamp_min(1e-12)
+        perturbation = self.adversarial_eps * gradient / norms[:, None, None]
+
+        def perturb(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            return output + perturbation.to(output.dtype)
+
+        handle = self.model.embedding.register_forward_hook(perturb)
+        try:
+            with self._autocast():
+                adversarial_logits, _ = self.model(ids, lengths)
+        finally:
+            handle.remove()
+        adversarial_loss = nn.functional.cross_entropy(adversarial_logits.float(), targets)
+        self.scaler.scale(adversarial_loss).backward()
+        return logits, loss
 
 
 @torch.no_grad()

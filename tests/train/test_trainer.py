@@ -144,3 +144,23 @@ def test_linear_schedule_reaches_zero_at_the_last_step():
     linear = _lr_factor("linear", 10)
     assert [linear(s) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
     assert _lr_factor("constant", 10)(9) == 1.0
+
+
+def test_adversarial_training_learns_and_changes_the_updates(tiny_dataset, tmp_path):
+    import torch
+    from rnnserve.train.checkpoint import load_checkpoint
+
+    plain = train(tiny_config(tiny_dataset, tmp_path / "plain", epochs=3, lr=1e-2))
+    adversarial = train(
+        tiny_config(tiny_dataset, tmp_path / "adv", epochs=3, lr=1e-2, adversarial_eps=1.0)
+    )
+    assert adversarial.best_val_accuracy >= 0.9, adversarial.epochs
+    # Same seed, data and batches: only the adversarial term differs, and it must matter.
+    plain_model, _, _ = load_checkpoint(plain.checkpoint_dir)
+    adversarial_model, _, _ = load_checkpoint(adversarial.checkpoint_dir)
+    plain_state, adversarial_state = plain_model.state_dict(), adversarial_model.state_dict()
+    difference = max(
+        float((plain_state[name] - adversarial_state[name]).abs().max()) for name in plain_state
+    )
+    assert difference > 1e-3
+    assert torch.isfinite(torch.tensor([m.train_loss for m in adversarial.epochs])).all()
