@@ -200,3 +200,14 @@ class ModelDirectory:
         if not engine.ready:
             raise Unavailable(f"model {name} version {version} is not ready yet; retry shortly")
         return engine
+
+
+class StepAwaiting:
+    """``stream_step`` for an engine handle that has ``submit_step`` (ModelEngine in this
+    process, RemoteEngine in a front-end): one definition for both."""
+
+    async def stream_step(self, sequence_id, text: str, *, start: bool, end: bool,
+                          api: str = "text", restart: bool = False, client: str = ""):
+        """``await submit_step(...)``: the running prediction after this chunk."""
+        return await self.submit_step(sequence_id, text, start=start, end=end,
+                                      restart=restart, api=api, client=client)

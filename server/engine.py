@@ -43,7 +43,7 @@ from rnnserve.repository import (
 
 from .accounting import report, report_when_settled
 from .batcher import BatchRequest, Scheduler, SequenceBatcher
-from .catalog import EngineOptions, ModelEntry, StreamKey
+from .catalog import EngineOptions, ModelEntry, StepAwaiting, StreamKey
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -77,7 +77,7 @@ log = logging.getLogger("rnnserve.server.engine")
 _stream_ids = itertools.count(1)
 
 
-class ModelEngine:
+class ModelEngine(StepAwaiting):
     """Tokenizer, ORT sessions, scheduler and sequence store of one model version.
 
     Life cycle: construct (reads files, cheap) -> ``load()`` (blocking: sessions, warm-up;
@@ -366,13 +366,6 @@ class ModelEngine:
                 store.close(opened, "ended")
             raise
         return future
-
-    async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
-                          api: str = "text", restart: bool = False,
-                          client: str = ANONYMOUS) -> Prediction:
-        """``await submit_step(...)``: the running prediction after this chunk."""
-        return await self.submit_step(sequence_id, text, start=start, end=end,
-                                      restart=restart, api=api, client=client)
 
     def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
         """Close ``sequence_id`` now (idempotent): queued chunks fail, state is freed as soon

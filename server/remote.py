@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from tritonclient.grpc import model_config_pb2
 
 from .accounting import report_when_settled
-from .catalog import ModelDirectory, ModelEntry, StreamKey
+from .catalog import ModelDirectory, ModelEntry, StepAwaiting, StreamKey
 from .errors import Unavailable
 from .ipc import Channel, error_from, unpack_prediction
 from .prediction import Prediction, SequenceInfo
@@ -106,7 +106,7 @@ class EngineLink:
         self._on_lost()
 
 
-class RemoteEngine:
+class RemoteEngine(StepAwaiting):
     """One model version served by the engine process, as the servicers use it."""
 
     def __init__(self, entry: ModelEntry, link: EngineLink, telemetry=None) -> None:
@@ -171,12 +171,6 @@ class RemoteEngine:
         report_when_settled(self.telemetry, future, api=api, kind="stream", started=started,
                             texts=1)
         return future
-
-    async def stream_step(self, sequence_id: Hashable, text: str, *, start: bool, end: bool,
-                          api: str = "text", restart: bool = False,
-                          client: str = ANONYMOUS) -> Prediction:
-        return await self.submit_step(sequence_id, text, start=start, end=end,
-                                      restart=restart, api=api, client=client)
 
     def end_sequence(self, sequence_id: Hashable, *, why: str = "ended") -> None:
         self._link.notify("end", self.name, self._route, sequence_id, why)
