@@ -157,21 +157,24 @@ def test_bidirectional_model_refuses_streaming(bidi_repository):
 
 def test_sequence_ids_start_continue_end_restart(server, offline):
     engine = server.registry.get(LSTM)
+    # Ids no other test of the shared session server uses (perf_analyzer's sequence mode
+    # numbers its sequences from 1 and ends them, so small ids may be "ended" already).
+    ours, unknown = 970041, 970042
 
     async def scenario():
-        first = await engine.stream_step(41, "awful plot", start=True, end=False, api="kserve")
+        first = await engine.stream_step(ours, "awful plot", start=True, end=False, api="kserve")
         with pytest.raises(AlreadyExists):
-            await engine.stream_step(41, "again", start=True, end=False)
+            await engine.stream_step(ours, "again", start=True, end=False)
         with pytest.raises(NotFound, match="never started"):
-            await engine.stream_step(42, "x", start=False, end=False)
+            await engine.stream_step(unknown, "x", start=False, end=False)
         with pytest.raises(NotFound):
-            await engine.stream_step("41", "x", start=False, end=False)   # ids compare exactly
-        restarted = await engine.stream_step(41, "great fun", start=True, end=False,
+            await engine.stream_step(str(ours), "x", start=False, end=False)   # ids compare exactly
+        restarted = await engine.stream_step(ours, "great fun", start=True, end=False,
                                               restart=True)
-        last = await engine.stream_step(41, "loved it", start=False, end=True)
+        last = await engine.stream_step(ours, "loved it", start=False, end=True)
         with pytest.raises(NotFound, match="was ended"):
-            await engine.stream_step(41, "more", start=False, end=False)
-        engine.end_sequence(41)                       # idempotent
+            await engine.stream_step(ours, "more", start=False, end=False)
+        engine.end_sequence(ours)                       # idempotent
         return first, restarted, last
 
     first, restarted, last = server.call(scenario())
