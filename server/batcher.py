@@ -254,13 +254,14 @@ class Scheduler:
         queue_seconds = []
         logits, probabilities, top = result.logits, result.probabilities, result.top
         errors = result.errors
+        done = 0                      # rows finished here: released together below
         for i, row in enumerate(rows):
             queue_seconds.append(dispatched - row.enqueued)
             tokenize += row.tokenize_seconds
             row.tokenize_seconds = 0.0
             if errors is not None and i in errors:
                 row.owner.fail(row, errors[i])
-                self.release()
+                done += 1
                 continue
             if row.offset < row.ids.size:
                 unfinished.append(row)
@@ -270,7 +271,9 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - an owner bug must not stop the worker
                 log_event(log, "complete_failed", level=logging.ERROR, model=self.name,
                           error=f"{type(exc).__name__}: {exc}")
-            self.release()
+            done += 1
+        if done:
+            self.release(done)        # one admission update (and pending gauge) per batch
         if unfinished:
             for row in unfinished:
                 row.enqueued = now
@@ -284,7 +287,6 @@ class Scheduler:
                 input_seconds=result.input_seconds, infer_seconds=result.infer_seconds,
                 output_seconds=result.output_seconds, batch_size=len(rows),
                 real_tokens=result.real_tokens, padded_tokens=result.padded_tokens)
-            telemetry.set_pending(self.admitted)
 
 
 class _ComputeThread:
