@@ -17,7 +17,7 @@ stream's trailing metadata carries its sequence snapshot to resume elsewhere); e
 request and chunk finishes; then the workers stop. Whatever is still running when
 ``grace_seconds`` have passed is cancelled. A second signal cancels at once.
 
-Optional pieces plug in here, one line each: ``kserve.register(server, registry, settings)``,
+Optional pieces plug in here, one line each: ``kserve.register(server, registry, settings, drain)``,
 ``security.server_interceptors / server_credentials / server_options(settings)``,
 ``metrics_http.start_metrics_server(telemetry, ...)``.
 """
@@ -42,6 +42,7 @@ from .cpus import resolve_workers
 from .guarded import generic_handler
 from .logs import configure_logging, log_event
 from .settings import ServerSettings
+from .streaming import Drain
 from .telemetry import ServerTelemetry
 from .text_api import SERVICE as TEXT_SERVICE
 from .text_api import SentimentServicer, add_to_server
@@ -78,7 +79,8 @@ class RnnServer:
         self.share_port = share_port
         self.server: aio.Server | None = None
         self.health = HealthServicer()
-        self.text = SentimentServicer(self.registry, settings)
+        self.drain = Drain()                 # open streams of both APIs
+        self.text = SentimentServicer(self.registry, settings, self.drain)
         self.kserve = None
         self.port = 0
         self.metrics = None
@@ -121,7 +123,7 @@ class RnnServer:
         self.server = aio.server(options=options,
                                  interceptors=security.server_interceptors(settings))
         add_to_server(self.text, self.server)
-        self.kserve = kserve.register(self.server, self.registry, settings)
+        self.kserve = kserve.register(self.server, self.registry, settings, self.drain)
         self.server.add_generic_rpc_handlers((generic_handler(
             health_pb2.DESCRIPTOR.services_by_name["Health"], self.health,
             parser_for=lambda method: getattr(health_pb2, method.input_type.name).FromString,
@@ -221,10 +223,7 @@ class RnnServer:
         if self.server is not None:
             stopping = asyncio.ensure_future(self.server.stop(grace))
             await asyncio.sleep(0)     # no new RPCs from here on
-        self.text.begin_drain()
-        kserve_drain = getattr(self.kserve, "begin_drain", None)   # same contract, if offered
-        if kserve_drain is not None:
-            kserve_drain()
+        self.drain.begin()
         if stopping is not None:
             await stopping
         remaining = max(0.0, grace - (time.perf_counter() - started))

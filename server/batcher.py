@@ -349,15 +349,14 @@ class ChunkOwner:
 
 
 class _Chunk:
-    """One accepted chunk: ``text`` (tokenized by the worker) or ``ids``; both None for an
-    empty final chunk."""
+    """One accepted chunk: ``text`` (tokenized by the worker), None for an empty final
+    chunk."""
 
-    __slots__ = ("end", "export", "future", "ids", "reset", "text")
+    __slots__ = ("end", "export", "future", "reset", "text")
 
-    def __init__(self, future: asyncio.Future, *, text: str | None, ids: np.ndarray | None,
-                 end: bool, reset: bool, export: bool = False) -> None:
+    def __init__(self, future: asyncio.Future, *, text: str | None, end: bool, reset: bool,
+                 export: bool = False) -> None:
         self.text = text
-        self.ids = ids
         self.future = future
         self.end = end
         self.reset = reset
@@ -365,7 +364,7 @@ class _Chunk:
 
     @property
     def empty(self) -> bool:
-        return self.text is None and (self.ids is None or self.ids.size == 0)
+        return self.text is None
 
 
 class SequenceBatcher:
@@ -388,18 +387,16 @@ class SequenceBatcher:
         self.max_pending = max_pending
         self.snapshot = snapshot
 
-    def submit(self, state, future: asyncio.Future, *, text: str | None = None,
-               ids: np.ndarray | None = None, end: bool, reset: bool,
-               export: bool = False) -> None:
-        """Accept one chunk (``text``, or ``ids``, or neither for an empty final chunk) or
-        raise without side effects."""
+    def submit(self, state, future: asyncio.Future, *, text: str | None, end: bool,
+               reset: bool, export: bool = False) -> None:
+        """Accept one chunk (``text``, or None for an empty final chunk) or raise without
+        side effects."""
         if len(state.pending) >= self.max_pending:
             raise ResourceExhausted(
                 f"sequence {state.key!r} already has {len(state.pending)} chunks waiting "
                 f"(limit {self.max_pending}); wait for responses before sending more")
         self.scheduler.admit(1)
-        state.pending.append(_Chunk(future, text=text, ids=ids, end=end, reset=reset,
-                                    export=export))
+        state.pending.append(_Chunk(future, text=text, end=end, reset=reset, export=export))
         self.store.touch(state)
         if not state.busy:
             self._dispatch(state)
@@ -416,9 +413,6 @@ class SequenceBatcher:
         while state.pending and not state.busy and not state.closed:
             chunk = state.pending.pop(0)
             if chunk.reset:
-                state.fresh = True
-                state.tokens = state.chunks = 0
-                state.last = None
                 self.store.restart(state)
             if chunk.empty:                  # an empty final chunk: answer from the state
                 self.scheduler.release()
@@ -436,7 +430,7 @@ class SequenceBatcher:
                 continue
             owner = ChunkOwner(lambda row, outcome, error, chunk=chunk:
                                self._done(state, chunk, row, outcome, error))
-            row = Row(chunk.ids, owner, text=chunk.text, slot=state.slot, fresh=state.fresh)
+            row = Row(None, owner, text=chunk.text, slot=state.slot, fresh=state.fresh)
             state.fresh = False
             state.busy = True
             self.scheduler.submit(row)

@@ -1,10 +1,20 @@
 """Which model versions a server offers, and how a request's (model, version) finds one.
 
-:class:`ModelDirectory` is the one lookup rule of the server (empty model: the default
-model; empty version: the latest served version; NOT_FOUND names what is served;
-UNAVAILABLE while a version is not ready). Two directories use it: the engine process's
-``ModelRegistry`` (server/registry.py, engines in this process) and a front-end process's
-``RemoteRegistry`` (server/remote.py, engines in the engine process).
+:class:`ModelDirectory` holds the one lookup rule of the server, used by both protocols
+(text API and KServe v2), in the engine process's ``ModelRegistry`` (server/registry.py,
+engines in this process) and in a front-end process's ``RemoteRegistry`` (server/remote.py,
+engines in the engine process):
+
+- a model is named ``<model>`` or, for its stateful flavour, ``<model>-stream``
+  (:data:`STREAM_SUFFIX`; only models that can stream have one, and a repository model whose
+  own name ends in ``-stream`` shadows that alias). :meth:`ModelDirectory.lookup` maps a
+  name to a :class:`ModelView` and an engine;
+- empty model: the default model (where the API allows it); empty version: the latest
+  served version; an unloaded version still finishing its open sequences is found only by
+  its explicit version;
+- NOT_FOUND keeps Triton's wording ("Request for unknown model: 'x' is not found", which
+  tritonclient users recognise) and adds what is served; UNAVAILABLE while a version is not
+  ready.
 
 :class:`ModelEntry` is what a front-end needs to know about one version to answer every
 RPC but inference itself: labels, the repository ModelConfig, the effective serving
@@ -14,7 +24,7 @@ options, the description GetModelMetadata returns and whether it is ready. It is
 Invariants:
 - A directory's ``_latest[name]`` is the highest version of ``name`` it serves (``_engines``).
 - ``_retiring`` holds unloaded versions that still finish their open sequences: lookups by
-  name and version never return them (only :meth:`retiring_engine`, for continuing steps).
+  name alone never return them.
 - ``_status`` holds every version of the repository that is not served, with its state
   (``LOADING`` / ``UNAVAILABLE``) and reason; :meth:`status` adds the served ones.
 - After every change of what is served, each listener (``add_listener``) is called once,
@@ -33,6 +43,9 @@ from rnnserve.repository import config_parameters
 
 from .errors import InvalidArgument, NotFound, Unavailable
 from .settings import ServerSettings
+
+#: Suffix of the name of a model's stateful (sequence) flavour.
+STREAM_SUFFIX = "-stream"
 
 DEFAULT_QUEUE_DELAY_US = 500
 DEFAULT_CHUNK_LENGTH = 256
@@ -116,6 +129,31 @@ class ModelEntry:
     description: dict             # GetModelMetadata fields (ModelEngine.describe())
 
 
+@dataclass(frozen=True)
+class ModelView:
+    """One model name as clients see it: a served model (``base``) in one flavour.
+
+    Invariant: ``stateful`` iff ``name == base + STREAM_SUFFIX`` and ``base`` can stream; a
+    served model literally named ``x-stream`` is ``ModelView("x-stream", "x-stream", False)``.
+    """
+
+    name: str
+    base: str
+    stateful: bool
+
+    @property
+    def flavour(self) -> str:
+        return "stateful" if self.stateful else "stateless"
+
+
+def unknown_model(name: str, served: list[str], version: str = "") -> NotFound:
+    """NOT_FOUND in Triton's words, plus what this server does serve."""
+    what = f"'{name}' version {version}" if version else f"'{name}'"
+    listing = ", ".join(served) or "none"
+    label = "served versions" if version else "served models"
+    return NotFound(f"Request for unknown model: {what} is not found ({label}: {listing})")
+
+
 class ModelDirectory:
     """Served engines keyed by (name, version), with the server's lookup rule."""
 
@@ -182,24 +220,57 @@ class ModelDirectory:
     def ready(self) -> bool:
         return bool(self._engines) and all(engine.ready for engine in self._engines.values())
 
-    def get(self, name: str | None = None, version: str | int | None = None):
-        """The engine for ``name`` (empty: default model) and ``version`` (empty: latest)."""
-        if not name:
+    # -- the lookup rule ------------------------------------------------------------
+
+    def _streams(self, name: str) -> bool:
+        engine = self._engines.get((name, self._latest.get(name, "")))
+        return engine is not None and engine.streaming
+
+    def resolve(self, name: str) -> ModelView | None:
+        """The view a client's model name means, or None when nothing is served under it."""
+        if name in self._latest:
+            return ModelView(name, name, False)
+        base = name.removesuffix(STREAM_SUFFIX)
+        if base != name and self._streams(base):
+            return ModelView(name, base, True)
+        return None
+
+    def views(self) -> list[ModelView]:
+        """Every name clients can use, sorted (an alias shadowed by a real model omitted)."""
+        views = [ModelView(name, name, False) for name in self._latest]
+        views += [ModelView(name + STREAM_SUFFIX, name, True) for name in self._latest
+                  if self._streams(name) and name + STREAM_SUFFIX not in self._latest]
+        return sorted(views, key=lambda view: view.name)
+
+    def lookup(self, name: str, version: str = "", *, default: bool = False):
+        """(view, engine) for a client's model ``name`` and ``version`` ("" = latest).
+
+        ``default``: an empty name means the default model (text API); else it is unknown.
+        """
+        if not name and default:
             if not self.default_model:
                 raise InvalidArgument("no model named and the server has no default model; "
                                       f"choose one of: {', '.join(self._latest)}")
             name = self.default_model
-        if name not in self._latest:
-            raise NotFound(f"model {name!r} is not served here; available: "
-                           f"{', '.join(self._latest)}")
-        version = str(version) if version not in (None, "", 0, "0") else self._latest[name]
-        engine = self._engines.get((name, version))
+        view = self.resolve(name)
+        if view is None:
+            raise unknown_model(name, [v.name for v in self.views()])
+        if version in ("", "0"):
+            version = self._latest[view.base]
+        engine = self._engines.get((view.base, version))
         if engine is None:
-            raise NotFound(f"model {name!r} has no version {version!r}; served versions: "
-                           f"{', '.join(self.versions(name))}")
-        if not engine.ready:
+            engine = self.retiring_engine(view.base, version)
+            if engine is None:
+                raise unknown_model(name, self.versions(view.base), version)
+        elif not engine.ready:
             raise Unavailable(f"model {name} version {version} is not ready yet; retry shortly")
-        return engine
+        return view, engine
+
+    def get(self, name: str | None = None, version: str | int | None = None):
+        """The engine serving ``name`` (empty: the default model) at ``version`` (empty:
+        the latest), by :meth:`lookup`'s rule."""
+        version = "" if version in (None, 0) else str(version)
+        return self.lookup(name or "", version, default=True)[1]
 
 
 class StepAwaiting:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
@@ -51,7 +50,6 @@ from .errors import (
     InvalidArgument,
     ServingError,
     Unavailable,
-    status_of,
 )
 from .execution import BatchExecutor, Row
 from .logs import log_event
@@ -68,7 +66,7 @@ from .snapshot import (
     StateSpec,
     model_fingerprint,
 )
-from .tokenize import TextEncoder, check_ids, check_texts, too_long
+from .tokenize import TextEncoder, check_texts, too_long
 
 __all__ = ["EngineOptions", "ModelEngine", "Prediction"]
 
@@ -162,8 +160,8 @@ class ModelEngine(StepAwaiting):
         self.provider = self.models[0].provider
         self.load_seconds = time.perf_counter() - started
         if self.telemetry is not None:
-            _call(self.telemetry, "set_load_seconds", self.load_seconds)
-            _call(self.telemetry, "set_execution_providers", self.provider)
+            self.telemetry.set_load_seconds(self.load_seconds)
+            self.telemetry.set_execution_providers(self.provider)
         log_event(log, "model_loaded", model=self.name, version=self.version,
                   provider=self.provider, instances=options.instances,
                   max_batch_size=options.max_batch_size, chunk_length=options.chunk_length,
@@ -265,28 +263,6 @@ class ModelEngine(StepAwaiting):
         """``await submit_classify(...)``: Predictions for ``texts``, in order."""
         return await self.submit_classify(texts, api=api)
 
-    async def classify_ids(self, rows: Sequence[np.ndarray], *,
-                           api: str = "kserve") -> list[Prediction]:
-        """Predictions for pre-tokenized rows (validated: 1-D, non-empty, in vocabulary)."""
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            self._check_count(len(rows))
-            self._check_new("requests")
-            ids = check_ids(rows, self.metadata.vocab_size, self.options.max_text_length)
-            scheduler = self.scheduler
-            future = asyncio.get_running_loop().create_future()
-            request = BatchRequest(future, len(ids), self.labels)
-            scheduler.admit(len(ids))
-            for index, row_ids in enumerate(ids):
-                scheduler.submit(Row(row_ids, request, index, many=len(ids) > 1))
-            return await future
-        except BaseException as exc:
-            code = status_of(exc)
-            raise
-        finally:
-            self._finished(api, "unary", code, started, len(rows))
-
     def _check_count(self, n: int) -> None:
         self._check_ready()
         if n == 0:
@@ -303,7 +279,7 @@ class ModelEngine(StepAwaiting):
         return StreamKey(("stream", next(_stream_ids)))
 
     def submit_step(self, sequence_id: Hashable, text: str | None = None, *,
-                    ids: np.ndarray | None = None, start: bool = False, end: bool = False,
+                    start: bool = False, end: bool = False,
                     restart: bool = False, api: str | None = "text", client: str = ANONYMOUS,
                     export: bool = False) -> asyncio.Future:
         """Accept one chunk of a sequence now; the returned future resolves to the running
@@ -319,29 +295,24 @@ class ModelEngine(StepAwaiting):
         """
         started = time.perf_counter()
         try:
-            future = self._submit_step(sequence_id, text, ids, start, end, restart, client,
-                                       export)
+            future = self._submit_step(sequence_id, text, start, end, restart, client, export)
         except ServingError as exc:
             self._finished(api, "stream", exc.code, started, 1)
             raise
         self._track(future, api, "stream", started, 1)
         return future
 
-    def _submit_step(self, sequence_id: Hashable, text: str | None, ids: np.ndarray | None,
+    def _submit_step(self, sequence_id: Hashable, text: str | None,
                      start: bool, end: bool, restart: bool, client: str,
                      export: bool) -> asyncio.Future:
         """The body of ``submit_step``: validate, open or find the sequence, enqueue."""
         self._check_streaming()
-        if ids is not None:
-            ids = check_ids([ids], self.metadata.vocab_size,
-                            self.options.max_text_length)[0] if len(ids) else None
-            text = None
-        elif not text or text.isspace():
+        if not text or text.isspace():
             text = None
         elif len(text) > self.options.max_text_length:
             raise InvalidArgument(too_long("the chunk", len(text), self.options.max_text_length,
                                            "characters"))
-        if text is None and ids is None and (start or not end):
+        if text is None and (start or not end):
             what = "the first chunk" if start else "a chunk without end"
             raise InvalidArgument(f"{what} has no tokens (empty or only whitespace); send "
                                   "text, or set end to finish the sequence")
@@ -359,7 +330,7 @@ class ModelEngine(StepAwaiting):
             state = store.get(sequence_id)
         future = asyncio.get_running_loop().create_future()
         try:
-            self.sequences.submit(state, future, text=text, ids=ids, end=end, reset=reset,
+            self.sequences.submit(state, future, text=text, end=end, reset=reset,
                                   export=export)
         except BaseException:
             if opened is not None:
@@ -530,10 +501,3 @@ def warmup_batch_sizes(max_batch_size: int) -> list[int]:
         size *= 2
     sizes.append(max_batch_size)
     return sizes
-
-
-def _call(obj, method: str, *args) -> None:
-    """Call an optional telemetry hook if the telemetry implementation has it."""
-    hook = getattr(obj, method, None)
-    if hook is not None:
-        hook(*args)

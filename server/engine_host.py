@@ -113,7 +113,7 @@ class FrontendLink:
     # -- requests -----------------------------------------------------------------------
 
     def _classify(self, request_id, model, version, texts) -> None:
-        engine = self.registry.get_any(model, version)
+        engine = self.registry.get(model, version)
         future = engine.submit_classify(texts, api=None)
         answered = engine.version
         self._reply_when_done(request_id, future, lambda predictions: (

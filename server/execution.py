@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import ServingError
 from .runtime import CostModel, OnnxModel
-from .state_pool import DeviceTensor
+from .state_pool import DeviceTensor, StatePool
 from .tokenize import TextEncoder, no_tokens
 
 
@@ -158,7 +158,7 @@ class BatchExecutor:
     """
 
     def __init__(self, model: OnnxModel, *, max_batch_size: int, chunk_length: int,
-                 pad_id: int, pool: Sequence[np.ndarray],
+                 pad_id: int, pool: StatePool,
                  cost_model: CostModel | None = None,
                  encoder: TextEncoder | None = None) -> None:
         self.model = model
@@ -166,8 +166,7 @@ class BatchExecutor:
         self.max_batch_size = max_batch_size
         self.chunk_length = chunk_length
         self.pad_id = pad_id
-        place = getattr(pool, "place", None)      # a StatePool decides host or device
-        self.device_pool = None if place is None else place(model, model.settings.state_pool)
+        self.device_pool = pool.place(model, model.settings.state_pool)   # host or device
         self.cost_model = cost_model
         self._ids = np.empty(max_batch_size * chunk_length, dtype=np.int64)
         self._lengths = np.empty(max_batch_size, dtype=np.int64)

@@ -1,6 +1,6 @@
 """``inference.GRPCInferenceService`` (KServe v2 as Triton extends it) on rnnserve's engines.
 
-``register(server, registry, settings)`` adds the servicer to the grpc.aio server that also
+``register(server, registry, settings, drain)`` adds the servicer to the grpc.aio server that also
 serves the text API, on the same port. Every inference goes through the model's
 ``ModelEngine`` (``classify`` for ``<model>``, ``stream_step`` for ``<model>-stream``; see
 kserve_models), so KServe and text-API traffic share one batcher and one sequence store and
@@ -9,17 +9,21 @@ are counted once by the engine's telemetry.
 Status mapping: ServingError subclasses → their code and message; unknown model or version →
 NOT_FOUND ("Request for unknown model: 'x' is not found"); malformed requests →
 INVALID_ARGUMENT before anything reaches the engine; anything unexpected → INTERNAL (logged);
-RPCs rnnserve does not offer → UNIMPLEMENTED naming the RPC. ModelStreamInfer puts a failed
-request's message into ``error_message`` and keeps the stream open (kserve_stream).
+RPCs rnnserve does not offer → UNIMPLEMENTED naming the RPC.
 
-Server shutdown: the app calls ``begin_drain()`` on the servicer ``register`` returned.
+ModelStreamInfer: one bidirectional stream of independent requests, read by the shared
+stream pump (server/streaming.py, unordered): requests start in arrival order, run
+concurrently (so one stream's requests batch together, at most ``STREAM_WINDOW`` in
+flight) and are answered as they complete; a failed request's message goes into
+``error_message`` (with an infer_response carrying its id) and the stream stays open. Server
+shutdown (the server's ``Drain``, shared with the text API): reading stops, answers to
+requests already read are flushed, then the stream ends UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
 from importlib import metadata as importlib_metadata
@@ -31,10 +35,9 @@ from .errors import InvalidArgument, ServingError
 from .guarded import generic_handler
 from .kserve_infer import ParsedRequest, ServedShape, build_response, parse_request
 from .kserve_models import full_shape, served_config, tensor_specs
-from .kserve_registry import ServedModels
-from .kserve_stats import view_statistics
-from .kserve_stream import StreamSession, serve_stream
+from .kserve_registry import ServedModels, view_statistics
 from .quota import ANONYMOUS, client_of
+from .streaming import DRAINED, Drain, StreamPump
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ UNIMPLEMENTED_RPCS = {
 }
 #: Requests one ModelStreamInfer call may have in flight; reading pauses beyond it.
 STREAM_WINDOW = 256
+SHUTDOWN_MESSAGE = ("the server is shutting down; requests sent after the last response were "
+                    "not read, resend them to another instance")
 
 
 def _server_version() -> str:
@@ -67,12 +72,11 @@ def _server_version() -> str:
 class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 servicer; stateless apart from the models it looks up per call."""
 
-    def __init__(self, registry, settings=None) -> None:
+    def __init__(self, registry, settings, drain: Drain) -> None:
         self._models = ServedModels(registry, settings)
         self._version = _server_version()
-        self._readers: set[asyncio.Task] = set()
-        self._draining = False
-        self._settings_auth = bool(getattr(settings, "auth_enabled", False))
+        self._drain = drain
+        self._by_token = settings.auth_enabled
 
     # ------------------------------------------------------------------ health/metadata
 
@@ -174,21 +178,31 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                 f"internal error: {type(exc).__name__}")
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Independent requests on one stream; see kserve_stream for the ordering rules."""
-        session = StreamSession(functools.partial(self._infer, context=context), STREAM_WINDOW)
-        async for item in serve_stream(session, request_iterator, context, self._readers,
-                                       self._is_draining):
-            yield item
+        """Independent requests on one stream (module doc)."""
+        async def submit(request):
+            return None, self._stream_one(request, context)
 
-    def begin_drain(self) -> None:
-        """Server shutdown: open streams stop reading, flush their answers and end with
-        UNAVAILABLE (unary calls already accepted complete normally)."""
-        self._draining = True
-        for reader in list(self._readers):
-            reader.cancel()
+        pump = StreamPump(submit, window=STREAM_WINDOW, drain=self._drain, ordered=False)
+        try:
+            async for _, item in pump.outcomes(request_iterator):
+                yield item
+        except ServingError as error:
+            if error is DRAINED:
+                await context.abort(error.code, SHUTDOWN_MESSAGE)
+            await context.abort(error.code, error.message)
 
-    def _is_draining(self) -> bool:
-        return self._draining
+    async def _stream_one(self, request, context) -> service_pb2.ModelStreamInferResponse:
+        """One stream request's answer; a failure is answered, never raised."""
+        try:
+            response = await self._infer(request, context)
+            return service_pb2.ModelStreamInferResponse(infer_response=response)
+        except ServingError as exc:
+            return _stream_error(request, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one failed request must not end the stream
+            log.exception("kserve stream request failed")
+            return _stream_error(request, f"internal error: {type(exc).__name__}")
 
     async def _infer(self, request, context=None) -> service_pb2.ModelInferResponse:
         """One request; ``context`` (None in-process) names who a sequence step charges."""
@@ -212,8 +226,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         sequence step works out its caller (per-client quota), so stateless calls skip it."""
         if parsed.sequence is None:
             return await engine.classify(parsed.texts, api=API)
-        client = ANONYMOUS if context is None else client_of(context,
-                                                             by_token=self._settings_auth)
+        client = ANONYMOUS if context is None else client_of(context, by_token=self._by_token)
         control = parsed.sequence
         engine = self._models.sequence_engine(view, version, control.sequence_id,
                                               control.start)
@@ -223,6 +236,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if not prediction.version:        # in-process: the engine the step went to
             prediction = dataclasses.replace(prediction, version=str(engine.version))
         return [prediction]
+
+
+def _stream_error(request, message: str) -> service_pb2.ModelStreamInferResponse:
+    """Triton's stream error: the message, plus an infer_response naming the request."""
+    return service_pb2.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=service_pb2.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id),
+    )
 
 
 def _tensor_metadata(spec, max_batch_size: int):
@@ -244,9 +266,9 @@ for _rpc, _reason in UNIMPLEMENTED_RPCS.items():
     setattr(KServeServicer, _rpc, _unimplemented(_rpc, _reason))
 
 
-def register(server, registry, settings) -> KServeServicer:
+def register(server, registry, settings, drain: Drain) -> KServeServicer:
     """Add the KServe v2 servicer to ``server`` (a ``grpc.aio.Server``); return it."""
-    servicer = KServeServicer(registry, settings)
+    servicer = KServeServicer(registry, settings, drain)
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     server.add_generic_rpc_handlers((generic_handler(
         service, servicer,

@@ -1,7 +1,7 @@
 """ModelInferRequest validation and ModelInferResponse construction for rnnserve models.
 
 ``parse_request`` turns a request into texts, sequence control and requested outputs, or
-raises KServeError(INVALID_ARGUMENT) with a Triton-style message ("[request id: …] …").
+raises InvalidArgument with a Triton-style message ("[request id: …] …").
 ``build_response`` turns the engine's predictions back into a response whose outputs are in
 ``raw_output_contents`` (one entry per output, same order as ``outputs``), as Triton does.
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from .errors import InvalidArgument
 from .kserve_models import (
     INPUT_TEXT,
     OUTPUT_LABEL,
@@ -28,13 +29,13 @@ from .kserve_models import (
 )
 from .kserve_tensors import (
     decode_bytes_elements,
-    decode_utf8,
     encode_bytes_elements,
     format_shape,
     fp32_raw,
-    invalid,
     typed_contents_fields,
 )
+from .wire import decode_all
+from .wire import sequence_id as checked_sequence_id
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def parse_request(request: service_pb2.ModelInferRequest, served: ServedShape) -
     sequence = _sequence_control(request, served, prefix)
     texts = _text_input(request, served, prefix)
     if sequence is not None and len(texts) != 1:
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}inference request to model '{model}' must specify batch-size 1 due to "
             f"requirements of sequence batcher"
         )
@@ -90,20 +91,20 @@ def _text_input(request, served: ServedShape, prefix: str) -> list[str]:
     names = [tensor.name for tensor in request.inputs]
     if INPUT_TEXT not in names:
         got = ", ".join(f"'{n}'" for n in names)
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}expected 1 inputs but got {len(names)} inputs for model '{model}'. "
             f"Got input(s) [{got}], but missing required input(s) ['{INPUT_TEXT}']. "
             "Please provide all required input(s)."
         )
     for name in names:
         if name != INPUT_TEXT:
-            raise invalid(f"{prefix}unexpected inference input '{name}' for model '{model}'")
+            raise InvalidArgument(f"{prefix}unexpected inference input '{name}' for model '{model}'")
     if len(names) != 1:
-        raise invalid(f"{prefix}input '{INPUT_TEXT}' is given {len(names)} times for model "
+        raise InvalidArgument(f"{prefix}input '{INPUT_TEXT}' is given {len(names)} times for model "
                       f"'{model}'")
     raw_count = len(request.raw_input_contents)
     if raw_count not in (0, len(names)):
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}expected {len(names)} raw_input_contents entries (one per input) but got "
             f"{raw_count} for model '{model}': raw_input_contents must be used for all inputs "
             "or for none"
@@ -111,7 +112,7 @@ def _text_input(request, served: ServedShape, prefix: str) -> list[str]:
     tensor = request.inputs[0]
     what = f"inference input '{INPUT_TEXT}' for model '{model}'"
     if tensor.datatype != "BYTES":
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}inference input '{INPUT_TEXT}' data-type is '{tensor.datatype}', but "
             f"model '{model}' expects 'BYTES'"
         )
@@ -119,7 +120,7 @@ def _text_input(request, served: ServedShape, prefix: str) -> list[str]:
     filled = typed_contents_fields(tensor.contents)
     if raw_count:
         if filled:
-            raise invalid(
+            raise InvalidArgument(
                 f"{prefix}contents field must not be specified when using raw_input_contents "
                 f"for '{INPUT_TEXT}' for model '{model}'"
             )
@@ -128,17 +129,17 @@ def _text_input(request, served: ServedShape, prefix: str) -> list[str]:
     else:
         wrong = [f for f in filled if f != "bytes_contents"]
         if wrong:
-            raise invalid(
+            raise InvalidArgument(
                 f"{prefix}{what} has datatype BYTES, so its typed contents must be "
                 f"bytes_contents, got {', '.join(wrong)}"
             )
         items = list(tensor.contents.bytes_contents)
         if len(items) != count:
-            raise invalid(
+            raise InvalidArgument(
                 f"{prefix}unexpected number of string elements {len(items)} for {what}, "
                 f"expecting {count} (shape {format_shape(tensor.shape)})"
             )
-    return decode_utf8(items, what=f"{prefix}{what}")
+    return decode_all(items, f"{prefix}{what}")
 
 
 def _check_shape(shape: list[int], served: ServedShape, prefix: str) -> int:
@@ -152,15 +153,15 @@ def _check_shape(shape: list[int], served: ServedShape, prefix: str) -> int:
             " NOTE: Setting a non-zero max_batch_size in the model config requires a batch "
             "dimension to be prepended to each input shape." if batching else ""
         )
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}unexpected shape for input '{INPUT_TEXT}' for model '{model}'. Expected "
             f"{format_shape(expected)}, got {format_shape(shape)}.{note}"
         )
     batch = shape[0] if batching else 1
     if batch < 1:
-        raise invalid(f"{prefix}inference request batch-size must be >= 1 for '{model}'")
+        raise InvalidArgument(f"{prefix}inference request batch-size must be >= 1 for '{model}'")
     if batching and batch > served.max_batch_size:
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}inference request batch-size must be <= {served.max_batch_size} "
             f"for '{model}'"
         )
@@ -175,19 +176,19 @@ def _requested_outputs(request, served: ServedShape, prefix: str) -> list[Output
     seen: set[str] = set()
     for tensor in request.outputs:
         if tensor.name not in OUTPUT_NAMES:
-            raise invalid(f"{prefix}unexpected inference output '{tensor.name}' for model "
+            raise InvalidArgument(f"{prefix}unexpected inference output '{tensor.name}' for model "
                           f"'{model}'")
         if tensor.name in seen:
-            raise invalid(f"{prefix}output '{tensor.name}' is requested more than once for "
+            raise InvalidArgument(f"{prefix}output '{tensor.name}' is requested more than once for "
                           f"model '{model}'")
         seen.add(tensor.name)
         k = 0
         if "classification" in tensor.parameters:
             k = _int_parameter(tensor.parameters["classification"], "classification", prefix)
             if k < 0:
-                raise invalid(f"{prefix}classification count must be >= 0, got {k}")
+                raise InvalidArgument(f"{prefix}classification count must be >= 0, got {k}")
             if k and tensor.name == OUTPUT_LABEL:
-                raise invalid(
+                raise InvalidArgument(
                     f"{prefix}class result not available for output '{OUTPUT_LABEL}' of model "
                     f"'{model}' due to non-numeric type 'BYTES'"
                 )
@@ -199,13 +200,13 @@ def _int_parameter(parameter, key: str, prefix: str) -> int:
     kind = parameter.WhichOneof("parameter_choice")
     if kind in ("int64_param", "uint64_param"):
         return int(getattr(parameter, kind))
-    raise invalid(f"{prefix}parameter '{key}' must be an int64 or uint64, got {kind}")
+    raise InvalidArgument(f"{prefix}parameter '{key}' must be an int64 or uint64, got {kind}")
 
 
 def _bool_parameter(parameter, key: str, prefix: str) -> bool:
     kind = parameter.WhichOneof("parameter_choice")
     if kind != "bool_param":
-        raise invalid(f"{prefix}parameter '{key}' must be a bool, got {kind}")
+        raise InvalidArgument(f"{prefix}parameter '{key}' must be a bool, got {kind}")
     return parameter.bool_param
 
 
@@ -221,29 +222,26 @@ def _sequence_control(request, served: ServedShape, prefix: str) -> SequenceCont
         elif kind in ("int64_param", "uint64_param"):
             sequence_id = int(getattr(parameter, kind))
         else:
-            raise invalid(f"{prefix}parameter 'sequence_id' must be an int64, uint64 or "
+            raise InvalidArgument(f"{prefix}parameter 'sequence_id' must be an int64, uint64 or "
                           f"string, got {kind}")
     start = "sequence_start" in params and _bool_parameter(params["sequence_start"],
                                                            "sequence_start", prefix)
     end = "sequence_end" in params and _bool_parameter(params["sequence_end"],
                                                        "sequence_end", prefix)
-    has_id = sequence_id not in (0, "")
+    sequence_id = checked_sequence_id(sequence_id, f"{prefix}parameter 'sequence_id'")
     if not served.view.stateful:
-        if has_id or start or end:
-            raise invalid(
+        if sequence_id is not None or start or end:
+            raise InvalidArgument(
                 f"{prefix}model '{model}' is stateless and does not accept sequence "
                 f"parameters (sequence_id, sequence_start, sequence_end); send sequences to "
                 f"its stateful flavour '{model}-stream'"
             )
         return None
-    if not has_id:
-        raise invalid(
+    if sequence_id is None:
+        raise InvalidArgument(
             f"{prefix}inference request to model '{model}' must specify a non-zero or "
             f"non-empty correlation ID"
         )
-    if isinstance(sequence_id, int) and sequence_id < 0:
-        raise invalid(f"{prefix}sequence_id must be positive for model '{model}', got "
-                      f"{sequence_id}")
     return SequenceControl(sequence_id=sequence_id, start=start, end=end)
 
 

@@ -1,6 +1,6 @@
-"""How repository models appear over KServe v2: names, flavours, metadata and ModelConfig.
+"""How repository models appear over KServe v2: flavours, tensors, metadata and ModelConfig.
 
-Naming convention (see docs/kserve.md):
+Naming (the server's one rule, server/catalog.py; see docs/kserve.md):
 
 - ``<model>`` is the **stateless** flavour: every row of a request is classified on its own
   (``ModelEngine.classify``); its ModelConfig has ``dynamic_batching``.
@@ -31,13 +31,14 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
 
+from .catalog import ModelView
+
 INPUT_TEXT = "TEXT"
 OUTPUT_PROBABILITIES = "PROBABILITIES"
 OUTPUT_LOGITS = "LOGITS"
 OUTPUT_LABEL = "LABEL"
 OUTPUT_NAMES = (OUTPUT_PROBABILITIES, OUTPUT_LOGITS, OUTPUT_LABEL)
 
-STREAM_SUFFIX = "-stream"
 BACKEND = "rnnserve"
 LABELS_FILE = "labels.txt"
 
@@ -54,54 +55,6 @@ class TensorSpec:
     name: str
     datatype: str
     dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """One KServe-visible model: a repository model in one flavour.
-
-    Invariant: ``name == base`` iff not ``stateful`` unless the repository itself holds a
-    model called ``name`` (then ``base == name`` and ``stateful`` is False).
-    """
-
-    name: str
-    base: str
-    stateful: bool
-
-    @property
-    def flavour(self) -> str:
-        return "stateful" if self.stateful else "stateless"
-
-
-def stream_name(base: str) -> str:
-    return base + STREAM_SUFFIX
-
-
-def resolve_name(name: str, repository_models: set[str],
-                 streaming_models: set[str]) -> ModelView | None:
-    """Map a KServe model name to its view, or None when nothing is served under it.
-
-    ``streaming_models``: repository models that can run sequences (not bidirectional);
-    only they have a stateful flavour.
-    """
-    if name in repository_models:
-        return ModelView(name=name, base=name, stateful=False)
-    if name.endswith(STREAM_SUFFIX):
-        base = name[: -len(STREAM_SUFFIX)]
-        if base in repository_models and base in streaming_models:
-            return ModelView(name=name, base=base, stateful=True)
-    return None
-
-
-def all_views(repository_models: set[str], streaming_models: set[str]) -> list[ModelView]:
-    """Every served view, sorted by name (stream views shadowed by real models omitted)."""
-    views = [ModelView(name=m, base=m, stateful=False) for m in repository_models]
-    views += [
-        ModelView(name=stream_name(m), base=m, stateful=True)
-        for m in repository_models
-        if m in streaming_models and stream_name(m) not in repository_models
-    ]
-    return sorted(views, key=lambda v: v.name)
 
 
 def tensor_specs(num_labels: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -1,10 +1,10 @@
 """The KServe servicer's view of the ModelRegistry: names → (ModelView, ModelEngine).
 
 Invariants:
-- Lookups never raise anything but ServingError; unknown names and versions are NOT_FOUND
-  with Triton's wording ("Request for unknown model: 'x' is not found", "... version 3 is
-  not found"); a known but not-ready version is UNAVAILABLE.
-- ``<model>-stream`` exists only for models whose engine can stream (not bidirectional).
+- Names and versions resolve by the directory's rule (server/catalog.py, shared with the
+  text API): unknown ones are NOT_FOUND in Triton's wording plus what is served; a known but
+  not-ready version is UNAVAILABLE; ``<model>-stream`` exists only for models that can
+  stream (not bidirectional).
 - A sequence step goes where the registry routes it (``sequence_engine``: the version its
   sequence is open on when the request names none); a version that is unloaded but still
   finishes open sequences is found by an explicit version only for those steps.
@@ -16,8 +16,10 @@ Invariants:
 
 from __future__ import annotations
 
-from .errors import InvalidArgument, NotFound, ServingError, Unavailable
-from .kserve_models import ModelView, all_views, resolve_name
+from tritonclient.grpc import service_pb2
+
+from .catalog import ModelView, unknown_model
+from .errors import InvalidArgument
 
 
 class ServedModels:
@@ -27,47 +29,20 @@ class ServedModels:
         self._registry = registry
         self._settings = settings
 
-    # -- names --------------------------------------------------------------------------
-
-    def _streaming(self) -> set[str]:
-        return {name for name in self._registry.names()
-                if getattr(self._latest_engine(name), "streaming", True)}
-
-    def _latest_engine(self, name: str):
-        for engine in self._registry.engines():
-            if engine.name == name and str(engine.version) == self._registry.latest(name):
-                return engine
-        return None
+    # -- names (the directory's rule: server/catalog.py) -------------------------------
 
     def resolve(self, name: str) -> ModelView | None:
-        return resolve_name(name, set(self._registry.names()), self._streaming())
+        return self._registry.resolve(name)
 
     def views(self) -> list[ModelView]:
-        return all_views(set(self._registry.names()), self._streaming())
+        return self._registry.views()
 
     def versions(self, base: str) -> list[str]:
         return list(self._registry.versions(base))
 
-    # -- lookups ------------------------------------------------------------------------
-
     def lookup(self, name: str, version: str):
         """(view, engine) for a KServe model name and version ("" = the latest)."""
-        view = self.resolve(name)
-        if view is None:
-            raise NotFound(f"Request for unknown model: '{name}' is not found")
-        if version and version not in self._registry.versions(view.base):
-            retiring = self._registry.retiring_engine(view.base, version)
-            if retiring is not None:      # unloading: its open sequences may still step
-                return view, retiring
-            raise NotFound(f"Request for unknown model: '{name}' version {version} is not "
-                           "found")
-        try:
-            engine = self._registry.get(view.base, version or None)
-        except Unavailable:
-            raise
-        except ServingError as exc:  # registry's own NotFound wording → Triton's
-            raise NotFound(f"Request for unknown model: '{name}' is not found") from exc
-        return view, engine
+        return self._registry.lookup(name, version)
 
     def sequence_engine(self, view: ModelView, version: str, sequence_id, start: bool):
         """The engine (or front-end handle) a sequence step of ``view`` goes to."""
@@ -92,7 +67,7 @@ class ServedModels:
         if name:
             views = [self.resolve(name)]
             if views[0] is None:
-                raise NotFound(f"requested model '{name}' is not found")
+                raise unknown_model(name, [view.name for view in self.views()])
         else:
             views = self.views()
         pairs = []
@@ -104,7 +79,7 @@ class ServedModels:
                     continue
                 pairs.append((view, engine))
         if name and version and not pairs:
-            raise NotFound(f"requested model '{name}' version {version} is not found")
+            raise unknown_model(name, self.versions(views[0].base), version)
         return pairs
 
     def server_ready(self) -> bool:
@@ -157,7 +132,25 @@ class ServedModels:
     @staticmethod
     def record_rejected(engine, *, view: ModelView, code, seconds: float) -> None:
         """Count a request refused before it reached the engine (as the engine would)."""
-        telemetry = getattr(engine, "telemetry", None)
+        telemetry = engine.telemetry
         if telemetry is not None:
             telemetry.request_finished(api="kserve", kind="stream" if view.stateful else "unary",
                                        code=code, seconds=seconds, texts=0)
+
+
+def view_statistics(view: ModelView, engine) -> service_pb2.ModelStatistics:
+    """ModelStatistics of ``view``: the engine's cumulative telemetry under the view's name.
+
+    Both flavours of one model run on one engine with one batcher, so each reports the
+    engine's numbers (every API, both flavours) under its own name; the split by API and
+    call kind lives in the Prometheus series. They are ``ModelTelemetry.statistics()``
+    (server/telemetry.py): built from the samples a /metrics scrape reads (totals over every
+    process with ``serve --workers N``), compute_input/infer/output counts equal, as
+    perf_analyzer requires.
+    """
+    stats = service_pb2.ModelStatistics()
+    if engine.telemetry is not None:
+        stats.CopyFrom(engine.telemetry.statistics())
+    stats.name = view.name
+    stats.version = str(engine.version)
+    return stats

@@ -24,22 +24,6 @@ from .errors import InvalidArgument
 
 _LENGTH = struct.Struct("<I")
 
-#: The typed-content fields of ``InferTensorContents``, by KServe datatype.
-CONTENT_FIELDS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-
-def invalid(message: str) -> InvalidArgument:
-    return InvalidArgument(message)
-
-
 def decode_bytes_elements(buffer: bytes, expected: int, *, what: str,
                           prefix: str = "") -> list[bytes]:
     """Split a raw BYTES tensor into exactly ``expected`` elements.
@@ -53,11 +37,11 @@ def decode_bytes_elements(buffer: bytes, expected: int, *, what: str,
     offset = 0
     while offset < size:
         if offset + 4 > size:
-            raise invalid(f"{prefix}{what}: truncated BYTES element length at byte offset {offset}")
+            raise InvalidArgument(f"{prefix}{what}: truncated BYTES element length at byte offset {offset}")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > size:
-            raise invalid(
+            raise InvalidArgument(
                 f"{prefix}{what}: element byte size indicates more data than available "
                 f"(element {len(items)} declares {length} bytes, {size - offset} remain)"
             )
@@ -66,7 +50,7 @@ def decode_bytes_elements(buffer: bytes, expected: int, *, what: str,
         if len(items) > expected:
             break
     if len(items) != expected:
-        raise invalid(
+        raise InvalidArgument(
             f"{prefix}unexpected number of string elements {_count_text(len(items), expected)} "
             f"for {what}, expecting {expected}"
         )
@@ -89,18 +73,6 @@ def encode_bytes_elements(items) -> bytes:
 def typed_contents_fields(contents) -> list[str]:
     """Names of the ``InferTensorContents`` fields that hold any data."""
     return [field.name for field, value in contents.ListFields() if len(value)]
-
-
-def decode_utf8(items: list[bytes], *, what: str) -> list[str]:
-    texts = []
-    for index, item in enumerate(items):
-        try:
-            texts.append(item.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise invalid(
-                f"{what}: element {index} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            ) from None
-    return texts
 
 
 def fp32_raw(array: np.ndarray) -> bytes:

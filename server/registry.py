@@ -329,22 +329,13 @@ class ModelRegistry(ModelDirectory):
                 if (engine.name == name and (not version or engine.version == version)
                         and engine.store.find(key) is not None):
                     return engine
-            return self.get_any(name, version)
-        engine = self.get_any(name, version)
+            return self.get(name, version)
+        engine = self.get(name, version)
         for other in [*self._engines.values(), *self._retiring]:
             if (other.name == name and other is not engine
                     and other.store.find(key) is not None):
                 other.end_sequence(key, why="restarted")
         return engine
-
-    def get_any(self, name: str, version: str | None):
-        """``get``, or the unloaded version still finishing sequences (it refuses new
-        work with UNAVAILABLE naming why)."""
-        if name and version not in (None, "", 0, "0"):
-            retiring = self.retiring_engine(name, str(version))
-            if retiring is not None and (name, str(version)) not in self._engines:
-                return retiring
-        return self.get(name, version)
 
     # -- what front-ends need ------------------------------------------------------------
 

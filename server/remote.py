@@ -222,24 +222,16 @@ class RemoteRegistry(ModelDirectory):
             if self.telemetry is not None else None
         return RemoteEngine(entry, self.link, telemetry)
 
-    def get(self, name: str | None = None, version: str | int | None = None):
+    def lookup(self, name: str, version: str = "", *, default: bool = False):
         """The directory's rule; without a version, a floating handle (module doc)."""
-        engine = super().get(name, version)
-        if version in (None, "", 0, "0"):
-            return self._floating.get((engine.name, engine.version), engine)
-        return engine
-
-    def get_any(self, name: str, version: str | None):
-        """``get``, or the handle of an unloaded version still finishing sequences."""
-        if name and version not in (None, "", 0, "0"):
-            retiring = self.retiring_engine(name, str(version))
-            if retiring is not None and (name, str(version)) not in self._engines:
-                return retiring
-        return self.get(name, version)
+        view, engine = super().lookup(name, version, default=default)
+        if version in ("", "0"):
+            engine = self._floating.get((engine.name, engine.version), engine)
+        return view, engine
 
     def sequence_engine(self, name: str, version: str | None, key, start: bool):
         """The handle a sequence step goes through: the engine process routes it."""
-        return self.get_any(name, version)
+        return self.get(name, version)
 
     async def load_model(self, name: str) -> None:
         await self.link.request("load", name)

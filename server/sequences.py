@@ -113,8 +113,8 @@ class SequenceStore:
         if state is None:
             why = self._recent.get(key)
             reason = f"it {why}" if why else "it was never started on this server"
-            raise NotFound(f"sequence {key!r} is not open ({reason}); start a new sequence "
-                           "with start=true")
+            raise NotFound(f"sequence {key!r} is not open ({reason}); start it again with "
+                           "sequence_start=true")
         return state
 
     def find(self, key: Hashable) -> SequenceState | None:
@@ -125,7 +125,11 @@ class SequenceStore:
         self._open.move_to_end(state.key)
 
     def restart(self, state: SequenceState) -> None:
-        """Forget the sequence's history; its next dispatched chunk starts from zero."""
+        """Forget the sequence's history (counts, last prediction); its next dispatched chunk
+        starts from zero state."""
+        state.fresh = True
+        state.tokens = state.chunks = 0
+        state.last = None
         self._event("restarted")
 
     def close(self, state: SequenceState, why: str = "ended") -> None:

@@ -3,9 +3,11 @@
 Invariants:
 - Every client mistake is answered with the status of its ServingError and a message saying
   what to fix; nothing but ServingError is mapped to a non-INTERNAL status.
-- One StreamClassify call is one sequence (server-generated id). Chunks are submitted as
-  they are read (pipelining), at most ``max_pending_chunks`` ahead of the responses (reading
-  pauses beyond that: HTTP/2 flow control pushes back on the client), and answered in order.
+- Models are found by the server's one rule (server/catalog.py, shared with KServe): an
+  empty name is the default model, ``<model>-stream`` names the same model.
+- One StreamClassify call is one sequence (server-generated id), read by the shared
+  stream pump (server/streaming.py, ordered): chunks are submitted as they are read
+  (pipelining), at most ``max_pending_chunks`` ahead of the responses, answered in order.
 - However a stream ends (end flag, half-close, error, client cancel, shutdown), its
   sequence is ended and its state freed; responses for chunks read before an error or a
   shutdown are sent before the error status.
@@ -19,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -26,30 +29,20 @@ from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
 from .encode import ResponseEncoder
-from .errors import (
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ServingError,
-    Unavailable,
-)
+from .errors import FailedPrecondition, InvalidArgument, ServingError
 from .guarded import generic_handler
 from .prediction import Prediction
 from .quota import client_of
 from .settings import ServerSettings
-from .wire import decode, decode_all, request_class
+from .streaming import DRAINED, Drain, StreamPump
+from .wire import decode, decode_all, request_class, sequence_id
 
 log = logging.getLogger("rnnserve.server.text_api")
 
 SERVICE = "rnnserve.v1.Sentiment"
 
-_EOF = object()
-
 #: Trailing-metadata key of the snapshot a drained stream ends with.
 STATE_TRAILER = "rnnserve-sequence-state-bin"
-#: Suffix of the KServe name of a model's sequence variant (accepted as an alias here).
-KSERVE_STREAM_SUFFIX = "-stream"
 
 DRAIN_MESSAGE = ("the server is shutting down; chunks answered so far are final, reopen the "
                  "stream on another replica")
@@ -68,27 +61,24 @@ def _passthrough(data: bytes) -> bytes:
 class SentimentServicer:
     """Text-level API over the registry's engines."""
 
-    def __init__(self, registry, settings: ServerSettings) -> None:
-        """``registry``: this process's ModelRegistry or a front-end's RemoteRegistry."""
+    def __init__(self, registry, settings: ServerSettings, drain: Drain) -> None:
+        """``registry``: this process's ModelRegistry or a front-end's RemoteRegistry;
+        ``drain``: the server's, shared with KServe."""
         self.registry = registry
         self.settings = settings
-        self._readers: set[asyncio.Task] = set()
-        self._draining = False
+        self.drain = drain
         self._encoders: dict[tuple[str, str], ResponseEncoder] = {}
 
-    def begin_drain(self) -> None:
-        """Stop reading new chunks on open streams; they flush their answers and end with
-        UNAVAILABLE (unary calls already accepted complete normally)."""
-        self._draining = True
-        for reader in list(self._readers):
-            reader.cancel()
+    def _engine(self, request):
+        """The engine a request's model/version names (the server's lookup rule)."""
+        return self.registry.lookup(decode(request.model, "model"),
+                                    decode(request.version, "version"), default=True)[1]
 
     # -- unary --------------------------------------------------------------------------
 
     async def Classify(self, request, context: aio.ServicerContext) -> bytes:
         try:
-            engine = self.registry.get(decode(request.model, "model"),
-                                       decode(request.version, "version"))
+            engine = self._engine(request)
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
         except ServingError as error:
             await context.abort(error.code, error.message)
@@ -114,8 +104,7 @@ class SentimentServicer:
 
     async def GetModelMetadata(self, request, context) -> pb.ModelMetadata:
         try:
-            name = decode(request.model, "model")
-            engine = self.registry.get(name, decode(request.version, "version"))
+            engine = self._engine(request)
         except ServingError as error:
             await context.abort(error.code, error.message)
         info = engine.describe()
@@ -125,8 +114,7 @@ class SentimentServicer:
 
     async def ExportSequence(self, request, context) -> pb.ExportSequenceResponse:
         try:
-            engine = self._sequence_engine(decode(request.model, "model"),
-                                           decode(request.version, "version"))
+            engine = self._engine(request)
             blob, state = await engine.export_state(_sequence_key(request),
                                                     release=request.release)
         except ServingError as error:
@@ -139,7 +127,7 @@ class SentimentServicer:
         try:
             key = _sequence_key(request)
             snapshot = self.registry.snapshots.decode(bytes(request.state))
-            engine = self._sequence_engine(*_target(request, snapshot))
+            engine = self.registry.lookup(*_target(request, snapshot), default=True)[1]
             state = await engine.import_state(key, snapshot, client=self._client(context))
         except ServingError as error:
             await context.abort(error.code, error.message)
@@ -149,51 +137,22 @@ class SentimentServicer:
             response.prediction.ParseFromString(self._encoder(engine).prediction(state.last))
         return response
 
-    def _sequence_engine(self, name: str, version: str):
-        """The engine of ``name`` or of its KServe sequence alias ``<name>-stream``."""
-        try:
-            return self.registry.get(name, version)
-        except NotFound:
-            base = name.removesuffix(KSERVE_STREAM_SUFFIX)
-            if base == name or base not in self.registry.names():
-                raise
-            return self.registry.get(base, version)
-
     def _client(self, context) -> str:
-        return client_of(context, by_token=bool(getattr(self.settings, "auth_enabled", False)))
+        return client_of(context, by_token=self.settings.auth_enabled)
 
     # -- streaming ----------------------------------------------------------------------
 
     async def StreamClassify(self, requests: AsyncIterator, context: aio.ServicerContext):
-        outbox: asyncio.Queue = asyncio.Queue()
-        window = asyncio.Semaphore(self.settings.max_pending_chunks)
         stream = _Stream(self._client(context))
-        reader = asyncio.get_running_loop().create_task(
-            self._read(requests, outbox, window, stream))
-        self._readers.add(reader)
-        if self._draining:
-            reader.cancel()
+        pump = StreamPump(functools.partial(self._submit, stream=stream), ordered=True,
+                          window=self.settings.max_pending_chunks, drain=self.drain)
         chunk_index = 0
         total_tokens = 0
         encoder = None
         sequence_id = ""
         why = "cancelled"
         try:
-            while True:
-                entry = await outbox.get()
-                if entry is _EOF:
-                    why = "ended"
-                    return
-                if isinstance(entry, ServingError):
-                    if entry is _DRAINED:
-                        await self._abort_drained(context, stream)
-                    await context.abort(entry.code, entry.message)
-                future, first, reset, end, base = entry
-                try:
-                    prediction = await future
-                except ServingError as error:
-                    await context.abort(error.code, error.message)
-                window.release()
+            async for (first, reset, end, base), prediction in pump.outcomes(requests):
                 if reset:
                     chunk_index = total_tokens = 0
                 if base is not None:
@@ -206,9 +165,12 @@ class SentimentServicer:
                 yield encoder.stream(prediction, chunk_index=chunk_index,
                                      total_tokens=total_tokens, sequence_id=sequence_id,
                                      end=end, header=first or reset)
+            why = "ended"
+        except ServingError as error:
+            if error is DRAINED:
+                await self._abort_drained(context, stream)
+            await context.abort(error.code, error.message)
         finally:
-            reader.cancel()
-            self._readers.discard(reader)
             if stream.engine is not None:
                 stream.engine.end_sequence(stream.key, why=why)
 
@@ -222,33 +184,12 @@ class SentimentServicer:
             except ServingError:
                 blob = None
         if blob is None:
-            await context.abort(_DRAINED.code, DRAIN_MESSAGE)
-        await context.abort(_DRAINED.code, DRAIN_RESUME_MESSAGE,
+            await context.abort(DRAINED.code, DRAIN_MESSAGE)
+        await context.abort(DRAINED.code, DRAIN_RESUME_MESSAGE,
                             trailing_metadata=((STATE_TRAILER, blob),))
 
-    async def _read(self, requests: AsyncIterator, outbox: asyncio.Queue,
-                    window: asyncio.Semaphore, stream: _Stream) -> None:
-        """Submit chunks as they arrive; every outcome goes through ``outbox`` in order."""
-        try:
-            async for request in requests:
-                await window.acquire()
-                try:
-                    outbox.put_nowait(await self._submit(request, stream))
-                except ServingError as error:
-                    outbox.put_nowait(error)
-                    return
-                except Exception as exc:  # a bug: answer INTERNAL instead of hanging
-                    log.exception("stream_submit_failed")
-                    outbox.put_nowait(Internal(f"{type(exc).__name__} while reading the "
-                                               "stream"))
-                    return
-            outbox.put_nowait(_EOF)
-        except asyncio.CancelledError:
-            if self._draining:
-                outbox.put_nowait(_DRAINED)
-            raise
-
     async def _submit(self, request, stream: _Stream):
+        """One chunk -> ((first, reset, end, resumed counts), its prediction future)."""
         text = decode(request.text, "text")
         if stream.ended:
             raise FailedPrecondition("a chunk arrived after the chunk marked end; the "
@@ -261,12 +202,13 @@ class SentimentServicer:
         if first and resume:
             return await self._resume(request, stream, text, resume)
         if first:
-            stream.engine = self.registry.get(decode(request.model, "model"),
-                                              decode(request.version, "version"))
+            stream.engine = self._engine(request)
             stream.key = stream.engine.new_sequence_id()
         elif request.model or request.version:
             engine = stream.engine
-            if (decode(request.model, "model") not in ("", engine.name)
+            model = decode(request.model, "model")
+            view = self.registry.resolve(model) if model else None
+            if ((model and (view is None or view.base != engine.name))
                     or decode(request.version, "version") not in ("", engine.version)):
                 raise InvalidArgument("only the first message of a stream may choose the "
                                       "model; later messages must leave model and version "
@@ -278,7 +220,7 @@ class SentimentServicer:
                                            export=bool(request.export_state))
         if request.end:
             stream.ended = True
-        return future, first, reset, bool(request.end), None
+        return (first, reset, bool(request.end), None), future
 
     async def _resume(self, request, stream: _Stream, text: str, blob: bytes):
         """First message with resume_state: open the stream's sequence from the snapshot,
@@ -288,7 +230,7 @@ class SentimentServicer:
         if blank and not request.end and snapshot.header.last is None:
             raise InvalidArgument("resume_state holds a sequence that has seen no text and "
                                   "this message has none either; send some text")
-        engine = self.registry.get(*_target(request, snapshot))
+        engine = self.registry.lookup(*_target(request, snapshot), default=True)[1]
         key = engine.new_sequence_id()
         stream.engine, stream.key = engine, key    # set first: a cancel mid-import ends it
         state = await engine.import_state(key, snapshot, client=stream.client)
@@ -301,10 +243,10 @@ class SentimentServicer:
             future.set_result(Prediction(last.label, last.probabilities, last.logits, 0,
                                          last.label_index, exported))
             # the same running prediction again: its chunk_index is the snapshot's last
-            return future, True, False, False, (state.chunks - 1, state.tokens)
+            return (True, False, False, (state.chunks - 1, state.tokens)), future
         future = engine.submit_step(key, text, start=False, end=request.end, api="text",
                                     client=stream.client, export=bool(request.export_state))
-        return future, True, False, bool(request.end), (state.chunks, state.tokens)
+        return (True, False, bool(request.end), (state.chunks, state.tokens)), future
 
 
 class _Stream:
@@ -329,18 +271,17 @@ def _target(request, snapshot) -> tuple[str, str]:
 def _sequence_key(request) -> int | str:
     """The v2 sequence id a SequenceRef names (INVALID_ARGUMENT when unset or empty)."""
     which = request.sequence.WhichOneof("id")
-    if which == "sequence_id" and request.sequence.sequence_id > 0:
-        return int(request.sequence.sequence_id)
-    if which == "sequence_name":
-        name = decode(request.sequence.sequence_name, "sequence.sequence_name")
-        if name:
-            return name
+    key = None
+    if which == "sequence_id":
+        key = sequence_id(int(request.sequence.sequence_id), "sequence.sequence_id")
+    elif which == "sequence_name":
+        key = sequence_id(decode(request.sequence.sequence_name, "sequence.sequence_name"),
+                          "sequence.sequence_name")
+    if key is not None:
+        return key
     raise InvalidArgument("name the sequence: set sequence.sequence_id (a positive integer) "
                           "or sequence.sequence_name (a non-empty string), as in the v2 "
                           "sequence_id parameter")
-
-
-_DRAINED = Unavailable(DRAIN_MESSAGE)
 
 
 def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:

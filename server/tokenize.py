@@ -69,24 +69,3 @@ def no_tokens(index: int, many: bool) -> InvalidArgument:
     where = f"text {index}" if many else "the text"
     return InvalidArgument(f"{where} has no tokens (nothing but characters the tokenizer "
                            "drops); send at least one word")
-
-
-def check_ids(rows: Sequence[np.ndarray], vocab_size: int,
-              max_length: int | None = None) -> list[np.ndarray]:
-    """Validate caller-supplied token ids (1-D, non-empty, at most ``max_length`` long, in
-    ``[0, vocab_size)``)."""
-    checked = []
-    for index, row in enumerate(rows):
-        array = np.asarray(row)
-        if array.ndim != 1 or array.size == 0:
-            raise InvalidArgument(f"row {index}: token ids must be a non-empty 1-D sequence")
-        if max_length is not None and array.size > max_length:
-            raise InvalidArgument(too_long(f"row {index}", array.size, max_length, "tokens"))
-        if not np.issubdtype(array.dtype, np.integer):
-            raise InvalidArgument(f"row {index}: token ids must be integers, got {array.dtype}")
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high >= vocab_size:
-            raise InvalidArgument(f"row {index}: token ids must be in [0, {vocab_size}), "
-                                  f"got values in [{low}, {high}]")
-        checked.append(array.astype(np.int64, copy=False))
-    return checked

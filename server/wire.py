@@ -1,4 +1,5 @@
-"""Server-side request classes that accept any bytes where the public API says ``string``.
+"""Reading request fields: UTF-8 text and v2 sequence ids (both APIs), and the text API's
+request classes that accept any bytes where the public API says ``string``.
 
 proto3 ``string`` fields must hold UTF-8. Python's protobuf rejects invalid UTF-8 while
 parsing, and a request that fails to deserialize becomes INTERNAL in gRPC -- the wrong answer
@@ -48,6 +49,17 @@ def decode(value: bytes, field: str) -> str:
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"{field} is not valid UTF-8 (byte {exc.start}); send "
                               "UTF-8 text") from None
+
+
+def sequence_id(value: int | str, field: str) -> int | str | None:
+    """A KServe v2 sequence id as both APIs accept it: a positive integer or a non-empty
+    string; None when unset (0 or ""); INVALID_ARGUMENT for a negative integer."""
+    if value in (0, ""):
+        return None
+    if isinstance(value, int) and value < 0:
+        raise InvalidArgument(f"{field} must be a positive integer or a non-empty string, "
+                              f"got {value}")
+    return value
 
 
 def decode_all(values, field: str) -> list[str]:

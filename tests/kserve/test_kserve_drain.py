@@ -10,18 +10,20 @@ import threading
 import grpc
 from kserve_support import LSTM, request
 from rnnserve.server import kserve
+from rnnserve.server.streaming import Drain
 from tritonclient.grpc import service_pb2_grpc
 
 
 def test_drain_flushes_answers_then_unavailable(kserve_server):
     async def start():
         server = grpc.aio.server()
-        servicer = kserve.register(server, kserve_server.registry, kserve_server.settings)
+        drain = Drain()
+        kserve.register(server, kserve_server.registry, kserve_server.settings, drain)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        return server, servicer, port
+        return server, drain, port
 
-    server, servicer, port = kserve_server.call(start())
+    server, drain, port = kserve_server.call(start())
     outbox: queue.Queue = queue.Queue()
     release = threading.Event()
 
@@ -40,7 +42,7 @@ def test_drain_flushes_answers_then_unavailable(kserve_server):
             answers = [next(call) for _ in range(3)]
             assert sorted(a.infer_response.id for a in answers) == ["0", "1", "2"]
             assert not any(a.error_message for a in answers)
-            kserve_server.run_sync(servicer.begin_drain)
+            kserve_server.run_sync(drain.begin)
             try:
                 rest = list(call)
                 raise AssertionError(f"stream ended without a status: {rest}")

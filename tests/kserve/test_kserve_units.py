@@ -1,10 +1,11 @@
-"""Pure pieces of the KServe layer: BYTES codec, naming, served ModelConfig."""
+"""Pure pieces of the KServe layer: BYTES codec, the naming rule, served ModelConfig."""
 
 from __future__ import annotations
 
 import pytest
-from rnnserve.server.errors import InvalidArgument
-from rnnserve.server.kserve_models import ModelView, all_views, resolve_name, served_config
+from rnnserve.server.catalog import ModelDirectory, ModelView
+from rnnserve.server.errors import InvalidArgument, NotFound, Unavailable
+from rnnserve.server.kserve_models import served_config
 from rnnserve.server.kserve_tensors import decode_bytes_elements, encode_bytes_elements
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
@@ -31,18 +32,53 @@ def test_bytes_codec_rejects(data, expected, message):
         decode_bytes_elements(data, expected, what="t")
 
 
+class _Served:
+    """What the directory reads of a served version (engines carry more)."""
+
+    def __init__(self, name: str, version: str, *, streaming: bool = True,
+                 ready: bool = True) -> None:
+        self.name, self.version, self.streaming, self.ready = name, version, streaming, ready
+
+
+def _directory(*served: _Served, default: str | None = None) -> ModelDirectory:
+    directory = ModelDirectory()
+    for engine in served:
+        directory._engines[(engine.name, engine.version)] = engine
+    directory._index(default)
+    return directory
+
+
 def test_naming_convention_and_shadowing():
-    models = {"a", "b", "b-stream", "bidi"}
-    streaming = {"a", "b", "b-stream"}
-    assert resolve_name("a", models, streaming) == ModelView("a", "a", False)
-    assert resolve_name("a-stream", models, streaming) == ModelView("a-stream", "a", True)
+    directory = _directory(_Served("a", "1"), _Served("b", "1"), _Served("b-stream", "1"),
+                           _Served("bidi", "1", streaming=False))
+    assert directory.resolve("a") == ModelView("a", "a", False)
+    assert directory.resolve("a-stream") == ModelView("a-stream", "a", True)
     # A real model named b-stream wins over b's stateful flavour.
-    assert resolve_name("b-stream", models, streaming) == ModelView("b-stream", "b-stream", False)
-    assert resolve_name("b-stream-stream", models, streaming).base == "b-stream"
-    assert resolve_name("bidi-stream", models, streaming) is None  # bidirectional: no stream
-    assert resolve_name("c", models, streaming) is None
-    assert [v.name for v in all_views(models, streaming)] == [
+    assert directory.resolve("b-stream") == ModelView("b-stream", "b-stream", False)
+    assert directory.resolve("b-stream-stream").base == "b-stream"
+    assert directory.resolve("bidi-stream") is None  # bidirectional: no stream
+    assert directory.resolve("c") is None
+    assert [v.name for v in directory.views()] == [
         "a", "a-stream", "b", "b-stream", "b-stream-stream", "bidi"]
+
+
+def test_lookup_rule_and_its_errors():
+    directory = _directory(_Served("a", "1"), _Served("a", "2"), _Served("c", "1", ready=False))
+    assert directory.lookup("a")[1].version == "2"
+    view, engine = directory.lookup("a-stream", "1")
+    assert (view.stateful, engine.version) == (True, "1")
+    with pytest.raises(NotFound, match=r"Request for unknown model: 'nope' is not found "
+                                       r"\(served models: a, a-stream, c, c-stream\)"):
+        directory.lookup("nope")
+    with pytest.raises(NotFound, match=r"'a' version 3 is not found \(served versions: 1, 2\)"):
+        directory.lookup("a", "3")
+    with pytest.raises(Unavailable, match="not ready yet"):
+        directory.lookup("c")
+    with pytest.raises(NotFound):          # the default model only where the API has one
+        directory.lookup("")
+    with pytest.raises(InvalidArgument, match="no default model; choose one of: a, c"):
+        directory.lookup("", default=True)
+    assert _directory(_Served("a", "1")).lookup("", default=True)[1].name == "a"
 
 
 def _repository_config():
