@@ -36,15 +36,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .composition import LOOKAHEAD_BATCHES, nearest_lengths
 from .errors import Aborted, Internal, InvalidArgument, ResourceExhausted, ServingError
 from .execution import BatchExecutor, BatchResult, Row
 from .logs import log_event
 from .prediction import Prediction
 
 log = logging.getLogger("rnnserve.server.batcher")
-
-#: How many queued rows (in multiples of max_batch_size) are considered when grouping by length.
-LOOKAHEAD_BATCHES = 4
 
 
 class BatchRequest:
@@ -218,20 +216,7 @@ class Scheduler:
         lookahead = min(len(queue), LOOKAHEAD_BATCHES * limit)
         candidates = [queue.popleft() for _ in range(lookahead)]
         chunk = self.executors[0].chunk_length
-        steps = [min(row.remaining, chunk) for row in candidates]
-        order = sorted(range(lookahead), key=steps.__getitem__)
-        sorted_steps = [steps[i] for i in order]
-        oldest = order.index(0)
-        prefix = [0]
-        for step in sorted_steps:
-            prefix.append(prefix[-1] + step)
-        best, best_cost = 0, None
-        for start in range(max(0, oldest - limit + 1), min(oldest, lookahead - limit) + 1):
-            end = start + limit
-            cost = sorted_steps[end - 1] * limit - (prefix[end] - prefix[start])
-            if best_cost is None or cost < best_cost:
-                best, best_cost = start, cost
-        chosen = set(order[best: best + limit])
+        chosen = set(nearest_lengths([min(row.remaining, chunk) for row in candidates], limit))
         rows = [candidates[i] for i in sorted(chosen)]
         queue.extendleft(reversed([candidates[i] for i in range(lookahead)
                                    if i not in chosen]))

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .composition import CostModel, split_by_length
 from .errors import ServingError
-from .runtime import CostModel, OnnxModel
+from .runtime import OnnxModel
 from .state_pool import DeviceTensor, StatePool
 from .tokenize import TextEncoder, no_tokens
 
@@ -107,46 +108,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=1, keepdims=True)
     return shifted
-
-
-#: Splits are nested at most this deep, so a batch runs as at most 2**depth ORT calls
-#: (padding efficiency gains flatten out quickly, per-call overheads do not).
-MAX_SPLIT_DEPTH = 2
-
-
-def split_by_length(steps: Sequence[int], model: CostModel | None) -> list[list[int]]:
-    """Partition row indices into groups of similar length (one ORT call each) when the
-    modelled cost of the groups is lower than one padded call.
-
-    Recursive best single split over the rows sorted by length (O(n) per level, at most
-    ``MAX_SPLIT_DEPTH`` levels); one group whenever splitting would not pay.
-    """
-    order = sorted(range(len(steps)), key=steps.__getitem__)
-    if model is None or len(order) < 2 or steps[order[0]] == steps[order[-1]]:
-        return [order]
-    lengths = [steps[i] for i in order]
-    groups: list[list[int]] = []
-
-    def split(lo: int, hi: int, depth: int) -> None:   # rows order[lo:hi], ascending
-        if depth == MAX_SPLIT_DEPTH:
-            groups.append(order[lo:hi])
-            return
-        best, best_cost = -1, model.cost(hi - lo, lengths[hi - 1])
-        for cut in range(lo + 1, hi):
-            if lengths[cut - 1] == lengths[cut]:
-                continue
-            cost = model.cost(cut - lo, lengths[cut - 1]) + model.cost(hi - cut,
-                                                                        lengths[hi - 1])
-            if cost < best_cost:
-                best, best_cost = cut, cost
-        if best < 0:
-            groups.append(order[lo:hi])
-        else:
-            split(lo, best, depth + 1)
-            split(best, hi, depth + 1)
-
-    split(0, len(order), 0)
-    return groups
 
 
 class BatchExecutor:

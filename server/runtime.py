@@ -41,6 +41,7 @@ import onnxruntime as ort
 
 from rnnserve.repository import RepositoryMetadata
 
+from .composition import CostModel
 from .cpus import available_cpus
 from .cuda_probe import CudaProbe, probe_cuda
 from .logs import log_event
@@ -195,22 +196,6 @@ def open_session(model: Path | bytes, settings: ServerSettings,
         raise RuntimeError("ORT created the session without the CUDA provider (its library "
                            f"did not load; session providers {session.get_providers()})")
     return session
-
-
-@dataclass(frozen=True, slots=True)
-class CostModel:
-    """Seconds of one ORT call over ``rows`` rows padded to ``steps`` time steps:
-    ``call + steps * (step + row_step * rows)`` -- a per-call overhead, a per-time-step
-    overhead (small-matrix inefficiency) and the per-row work. Measured at load
-    (:meth:`OnnxModel.calibrate`); only the ratios matter."""
-
-    call: float
-    step: float
-    row_step: float
-
-    def cost(self, rows: int, steps: int) -> float:
-        return self.call + steps * (self.step + self.row_step * rows)
-
 
 
 class SignatureError(ValueError):

@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator
 from grpc import aio
 from rnnserve.protos import sentiment_pb2 as pb
 
-from .encode import ResponseEncoder
 from .errors import FailedPrecondition, InvalidArgument, ServingError
 from .guarded import generic_handler
 from .prediction import Prediction
@@ -50,14 +49,6 @@ DRAIN_RESUME_MESSAGE = (DRAIN_MESSAGE + " and send the trailing metadata "
                         f"'{STATE_TRAILER}' as resume_state to continue this sequence")
 
 
-#: Methods whose handlers return responses already encoded (server/encode.py).
-_PRE_ENCODED = frozenset({"Classify", "StreamClassify"})
-
-
-def _passthrough(data: bytes) -> bytes:
-    return data
-
-
 class SentimentServicer:
     """Text-level API over the registry's engines."""
 
@@ -67,7 +58,6 @@ class SentimentServicer:
         self.registry = registry
         self.settings = settings
         self.drain = drain
-        self._encoders: dict[tuple[str, str], ResponseEncoder] = {}
 
     def _engine(self, request):
         """The engine a request's model/version names (the server's lookup rule)."""
@@ -82,18 +72,9 @@ class SentimentServicer:
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
         except ServingError as error:
             await context.abort(error.code, error.message)
-        return self._encoder(engine, predictions[0].version).classify(predictions)
-
-    def _encoder(self, engine, version: str = "") -> ResponseEncoder:
-        """Encoder of ``engine``'s model at ``version`` (the version that answered, when
-        the engine is a front-end's handle to "the latest"), else ``engine.version``."""
-        version = version or engine.version
-        key = (engine.name, version)
-        encoder = self._encoders.get(key)
-        if encoder is None:
-            encoder = self._encoders[key] = ResponseEncoder(engine.name, version,
-                                                            engine.labels)
-        return encoder
+        return pb.ClassifyResponse(
+            model=engine.name, version=predictions[0].version or engine.version,
+            labels=engine.labels, predictions=[_prediction(p) for p in predictions])
 
     async def ListModels(self, request, context) -> pb.ListModelsResponse:
         response = pb.ListModelsResponse(default_model=self.registry.default_model)
@@ -134,7 +115,7 @@ class SentimentServicer:
         response = pb.ImportSequenceResponse(model=engine.name, version=engine.version,
                                              total_tokens=state.tokens, chunks=state.chunks)
         if state.last is not None:
-            response.prediction.ParseFromString(self._encoder(engine).prediction(state.last))
+            response.prediction.CopyFrom(_prediction(state.last))
         return response
 
     def _client(self, context) -> str:
@@ -148,7 +129,6 @@ class SentimentServicer:
                           window=self.settings.max_pending_chunks, drain=self.drain)
         chunk_index = 0
         total_tokens = 0
-        encoder = None
         sequence_id = ""
         why = "cancelled"
         try:
@@ -157,14 +137,19 @@ class SentimentServicer:
                     chunk_index = total_tokens = 0
                 if base is not None:
                     chunk_index, total_tokens = base
-                if encoder is None or first or reset:
-                    encoder = self._encoder(stream.engine, prediction.version)
-                    sequence_id = str(stream.key)
+                sequence_id = sequence_id or str(stream.key)
                 chunk_index += 1
                 total_tokens += prediction.tokens
-                yield encoder.stream(prediction, chunk_index=chunk_index,
-                                     total_tokens=total_tokens, sequence_id=sequence_id,
-                                     end=end, header=first or reset)
+                response = pb.StreamClassifyResponse(
+                    prediction=_prediction(prediction), chunk_index=chunk_index,
+                    total_tokens=total_tokens, sequence_id=sequence_id, end=end,
+                    state=prediction.state or b"")
+                if first or reset:         # the first answer names the model it came from
+                    engine = stream.engine
+                    response.model = engine.name
+                    response.version = prediction.version or engine.version
+                    response.labels.extend(engine.labels)
+                yield response
             why = "ended"
         except ServingError as error:
             if error is DRAINED:
@@ -259,6 +244,12 @@ class _Stream:
         self.ended = False
 
 
+def _prediction(prediction: Prediction) -> pb.Prediction:
+    return pb.Prediction(label=prediction.label, label_index=prediction.label_index,
+                         probabilities=prediction.probabilities.tolist(),
+                         logits=prediction.logits.tolist(), tokens=prediction.tokens)
+
+
 def _target(request, snapshot) -> tuple[str, str]:
     """Model and version a snapshot goes to: the request's, else the snapshot's own."""
     name = decode(request.model, "model")
@@ -291,5 +282,4 @@ def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:
     server.add_generic_rpc_handlers((generic_handler(
         service, servicer,
         parser_for=lambda method: request_class(method.input_type.name).FromString,
-        serializer_for=lambda method: _passthrough if method.name in _PRE_ENCODED
-        else getattr(pb, method.output_type.name).SerializeToString),))
+        serializer_for=lambda method: getattr(pb, method.output_type.name).SerializeToString),))

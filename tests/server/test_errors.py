@@ -29,8 +29,8 @@ def _status(call, *args, **kwargs):
     (["great", ""], LSTM, "", INVALID, "text 1 is empty"),
     (["   \t "], LSTM, "", INVALID, "has no tokens"),
     (["great"] * 257, LSTM, "", INVALID, "at most 256"),
-    (["great"], "no-such-model", "", grpc.StatusCode.NOT_FOUND, "is not found (served models: tiny-gru, tiny-gru-stream, tiny-lstm, "
-         "tiny-lstm-stream)"),
+    (["great"], "no-such-model", "", grpc.StatusCode.NOT_FOUND,
+     "is not found (served models: tiny-gru, tiny-gru-stream, tiny-lstm, tiny-lstm-stream)"),
     (["great"], LSTM, "7", grpc.StatusCode.NOT_FOUND, "version 7 is not found (served versions"),
     (["great"], LSTM, "latest", grpc.StatusCode.NOT_FOUND, "version latest is not found"),
     (["great"], "", "", INVALID, "no default model"),

@@ -192,8 +192,7 @@ def test_device_cuda_without_cuda_fails_clearly():
 
 
 def test_split_by_length_partitions_rows():
-    from rnnserve.server.execution import split_by_length
-    from rnnserve.server.runtime import CostModel
+    from rnnserve.server.composition import CostModel, split_by_length
 
     steps = [3, 40, 4, 38, 5, 41, 3, 39]
     model = CostModel(call=1e-5, step=1e-6, row_step=1e-5)
@@ -205,3 +204,14 @@ def test_split_by_length_partitions_rows():
     assert len(split_by_length([7] * 5, model)) == 1
     expensive_calls = CostModel(call=1.0, step=0.0, row_step=1e-6)
     assert len(split_by_length(steps, expensive_calls)) == 1
+
+
+def test_nearest_lengths_keeps_the_oldest_and_its_length_neighbours():
+    from rnnserve.server.composition import nearest_lengths
+
+    steps = [10, 1, 50, 11, 9, 2, 12, 48]          # row 0 is the oldest
+    chosen = nearest_lengths(steps, 4)
+    assert 0 in chosen and len(chosen) == 4
+    assert sorted(steps[i] for i in chosen) == [9, 10, 11, 12]
+    # the oldest row goes even when it is the outlier
+    assert 0 in nearest_lengths([100, 1, 1, 1, 1, 1], 3)
