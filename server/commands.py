@@ -52,7 +52,7 @@ def serve_command(
              "exit), poll (rescan the repository) or explicit (KServe load/unload RPCs).",
         default="none", metavar="<none|poll|explicit>")] = None,
     poll_seconds: Annotated[float | None, setting_option(
-        help="Repository rescan period with --model-control poll.", default=5.0)] = None,
+        help="Repository rescan period (--model-control poll).", default=5.0)] = None,
     unload_wait_seconds: Annotated[float | None, setting_option(
         help="Longest an unloaded version keeps serving its open sequences.",
         default=60.0)] = None,
@@ -100,3 +100,13 @@ def serve_command(
     from rnnserve.server.app import serve
 
     raise typer.Exit(serve(settings))
+
+
+def main() -> None:
+    """``python -m rnnserve.server``: ``serve_command`` alone, with ``rnnserve serve``'s help
+    layout (rnnserve/cli_help.py)."""
+    from rnnserve.cli_help import HELP_LAYOUT, Command
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **HELP_LAYOUT)
+    app.command(cls=Command)(serve_command)
+    app()

@@ -90,6 +90,18 @@ def test_console_script_version_and_help():
     assert all(f"  {path[0]} " in done.stdout for path in COMMANDS if len(path) == 1), done.stdout
 
 
+def test_serve_module_entry_has_the_same_help():
+    """``server.commands.main`` (``python -m rnnserve.server``) lays help out like the app."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from rnnserve.server.commands import main; main()", "--help"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    def options(text: str) -> str:  # without whitespace: wrapping may differ
+        return "".join(text.split("Options:")[1].split())
+
+    assert options(done.stdout) == options(_help("serve"))
+
+
 def _shown_defaults(path: str) -> dict[str, str | None]:
     """Option name -> the ``[default: X]`` its help shows (``None``: shows none)."""
     shown = {}
