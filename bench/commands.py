@@ -25,28 +25,29 @@ class Placement(str, Enum):
 
 
 def bench_command(
-    suite: Annotated[Suite, typer.Option(help="quick: seconds, smoke-test sized; full: docs; "
-                                         "capacity: h2load (C client) against --workers "
-                                         "1..N beside the same-sentence raw limit.")] = (
+    suite: Annotated[Suite, typer.Option(help="quick: seconds, smoke-test sized; full: the "
+                                         "figures of docs/benchmarks.md; capacity: h2load "
+                                         "(C client) against each --workers value beside "
+                                         "the same-sentence raw limit.")] = (
         Suite.quick
     ),
     repository: Annotated[
         Path,
-        typer.Option(help="Model repository holding the models to benchmark.", exists=True,
-                     file_okay=False),
+        typer.Option("--repository", "-r", help="Model repository holding the models to "
+                     "benchmark.", exists=True, file_okay=False),
     ] = Path("model_repository"),
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="Model name(s) to benchmark (default: all LSTM/GRU "
-                     "models in the repository, fp32 first)."),
+        typer.Option("--model", "-m", metavar="<name>", help="Model to benchmark; repeat for "
+                     "several (default: every LSTM/GRU model in the repository, fp32 first)."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Output directory for results.json, report, plots.")] = (
         Path("bench-results")
     ),
     placement: Annotated[
-        Placement,
+        Placement | None,
         typer.Option(help="pinned: client on core 0, server and raw limit on core 1 (taskset); "
-                     "unpinned: no affinity. Default: both for full, unpinned for quick."),
+                     "unpinned: no affinity (default: both for full, unpinned for quick)."),
     ] = None,
     peers: Annotated[
         bool | None,
@@ -65,9 +66,14 @@ def bench_command(
                                  "-10 as root on a machine shared with background work).")
     ] = None,
     workers: Annotated[
-        str, typer.Option(help="capacity suite: comma-separated --workers values.")
+        str, typer.Option(help="capacity suite: the rnnserve serve --workers values to "
+                          "measure, comma-separated.")
     ] = "1,2",
 ) -> None:
+    """Benchmark the server against the raw ONNX Runtime limit (and, in full, peer servers).
+
+    Writes results.json, report.md and plots under --out.
+    """
     if suite is Suite.capacity:
         from rnnserve.bench import capacity
 

@@ -40,21 +40,6 @@ def group_cpu_seconds(pgid: int | None) -> float | None:
     return total / _TICKS
 
 
-def group_rss_bytes(pgid: int | None) -> int | None:
-    """Summed resident set size of the group's processes (None if unknown)."""
-    if not pgid:
-        return None
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
-    for pid in group_pids(pgid):
-        try:
-            with open(f"/proc/{pid}/statm", encoding="ascii") as handle:
-                total += int(handle.read().split()[1]) * page
-        except OSError:
-            continue
-    return total
-
-
 def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     """``tid -> (thread name, user+system CPU seconds)`` for every thread of ``pid``."""
     threads = {}

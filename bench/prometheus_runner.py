@@ -175,7 +175,3 @@ class PrometheusRunner:
                 return last
             time.sleep(interval)
         raise PrometheusError(f"timed out waiting for {expr!r} (last value {last})")
-
-    def targets_health(self) -> list[str]:
-        """``health`` of every active target ("up", "down", "unknown")."""
-        return [t["health"] for t in self.api("targets")["activeTargets"]]

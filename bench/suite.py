@@ -17,7 +17,6 @@ and the suite goes on. ``report.write_report`` turns the result into markdown an
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -414,10 +413,6 @@ def _rss(pid: int | None) -> int | None:
 def _state_bytes(meta: dict) -> int:
     rows = meta["layers"] * (2 if meta.get("bidirectional") else 1)
     return rows * meta["hidden"] * 4 * (2 if meta["cell"] == "lstm" else 1)
-
-
-def _finite(value) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def run_suite(options: SuiteOptions, log: Callable[[str], None] = print) -> dict:

@@ -16,17 +16,21 @@ def export_command(
     checkpoint: Annotated[
         Path, typer.Argument(help="Checkpoint directory written by `rnnserve train`.")
     ],
-    repository: Annotated[Path, typer.Option("--repository", "-r", help="Model repository root.")],
+    repository: Annotated[
+        Path, typer.Option("--repository", "-r", help="Model repository to write into.")
+    ],
     name: Annotated[
         str, typer.Option("--name", "-n", help="Model name (one safe path component).")
     ],
     version: Annotated[
-        int | None, typer.Option("--version", "-v", help="Version number (default: next free).")
+        int | None,
+        typer.Option("--version", help="Model version to write (default: the next free number)."),
     ] = None,
     precision: Annotated[
-        str, typer.Option("--precision", "-p", help="fp32, fp16 (for CUDA) or int8 (dynamic).")
+        str, typer.Option("--precision", "-p", metavar="<fp32|fp16|int8>",
+                          help="fp32, fp16 (for CUDA) or int8 (dynamic quantisation).")
     ] = "fp32",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing version.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the version if it exists.")] = False,
     data: Annotated[
         str | None,
         typer.Option(

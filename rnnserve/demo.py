@@ -19,6 +19,8 @@ from typing import Annotated
 
 import typer
 
+from rnnserve.server.commands import serve_command, setting_option
+
 #: Small enough to train in a couple of minutes on two CPU cores.
 DEMO_SIZES = {"embed_dim": 64, "hidden": 128, "layers": 1}
 DEMO_NAMES = {"lstm": "sentiment-lstm", "gru": "sentiment-gru"}
@@ -33,18 +35,26 @@ DEMO_THREADS = 1
 def demo_command(
     data: Annotated[str, typer.Option(help="Dataset name or path to train on.")] = DEMO_DATA,
     out: Annotated[Path, typer.Option(help="Where checkpoints are written.")] = Path("runs/demo"),
-    repository: Annotated[Path, typer.Option(help="Model repository to write.")] = Path(
+    repository: Annotated[Path, typer.Option(
+        "--repository", "-r", help="Model repository to write and serve.")] = Path(
         "model_repository"
     ),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per cell.")] = DEMO_EPOCHS,
     serve: Annotated[bool, typer.Option(help="Serve the repository once exported.")] = True,
+    host: Annotated[str | None, setting_option(
+        help="Address the gRPC server binds (rnnserve serve --host).", default="0.0.0.0")] = None,
     port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
     num_threads: Annotated[
-        int, typer.Option(min=1, help="torch CPU threads for training (see DEMO_THREADS)")
+        int, typer.Option(min=1, help="torch CPU threads for training.")
     ] = DEMO_THREADS,
     force: Annotated[bool, typer.Option(help="Retrain and re-export even if outputs exist.")] = False,
 ) -> None:
+    """Train a small LSTM and GRU on an offline review corpus, export both, serve them.
+
+    Training and export are skipped for a model whose output already exists (--force
+    redoes them); --no-serve stops once the repository is ready.
+    """
     started = time.perf_counter()
     from rnnserve.export.exporter import export_checkpoint
     from rnnserve.repository import CONFIG_FILE
@@ -71,7 +81,5 @@ def demo_command(
 
     typer.echo(f"[demo] repository ready in {time.perf_counter() - started:.0f} s")
     if serve:
-        from rnnserve.server.commands import serve_command
-
-        typer.echo(f"[demo] serving {repository} on :{port} (metrics :{metrics_port})")
-        serve_command(repository=repository, port=port, metrics_port=metrics_port)
+        typer.echo(f"[demo] serving {repository} on {host or ''}:{port} (metrics :{metrics_port})")
+        serve_command(repository=repository, host=host, port=port, metrics_port=metrics_port)

