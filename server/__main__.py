@@ -1,7 +1,6 @@
 """``python -m rnnserve.server [flags]`` = ``rnnserve serve [flags]``."""
 
-import typer
-from rnnserve.server.commands import serve_command
+from rnnserve.server.commands import main
 
 if __name__ == "__main__":
-    typer.run(serve_command)
+    main()
