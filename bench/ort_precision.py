@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
-    from rnnserve.export.onnx_graph import GraphSpec, build_onnx
+    from rnnserve.export.onnx_graph import build_onnx
     from rnnserve.export.precision import to_precision
+
+    from rnnserve.architecture import Architecture
 
     rng = np.random.default_rng(0)
     results = []
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'rows/s':>9} {'cpu ms':>8} {'rows/cpu-s':>10}"
     )
     for cell in args.cells.split(","):
-        spec = GraphSpec(
+        spec = Architecture(
             cell=cell,
             vocab_size=args.vocab,
             embed_dim=args.embed,
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             layers=args.layers,
             bidirectional=args.bidirectional,
             num_labels=3,
+            labels=["negative", "neutral", "positive"],
         )
         fp32 = build_onnx(spec, random_weights(spec, rng))
         for precision in args.precisions.split(","):

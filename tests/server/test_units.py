@@ -205,3 +205,25 @@ def test_split_by_length_partitions_rows():
     assert len(split_by_length([7] * 5, model)) == 1
     expensive_calls = CostModel(call=1.0, step=0.0, row_step=1e-6)
     assert len(split_by_length(steps, expensive_calls)) == 1
+
+
+def test_metadata_json_of_earlier_exports_still_loads():
+    """metadata.json as exporters wrote it before the shared Architecture (plus a key a newer
+    exporter might add) loads; its architecture part is checked like a checkpoint's."""
+    from rnnserve.architecture import Architecture
+    from rnnserve.repository import RepositoryMetadata
+
+    written = {"format_version": 1, "cell": "lstm", "vocab_size": 50, "embed_dim": 8,
+               "hidden": 6, "layers": 2, "bidirectional": True, "num_labels": 2,
+               "labels": ["negative", "positive"], "pad_id": 0, "precision": "fp16",
+               "opset": 17, "metrics": {"val_accuracy": 0.8}, "validation": {},
+               "source_checkpoint": "/c", "exported_at": "2026-01-01T00:00:00+00:00",
+               "a_newer_field": 1}
+    meta = RepositoryMetadata.model_validate_json(json.dumps(written))
+    assert (meta.state_names, meta.state_shape, meta.state_bytes) == (
+        ["state_h", "state_c"], (4, 6), 4 * 6 * 4 * 2)
+    assert meta.architecture() == Architecture(
+        cell="lstm", vocab_size=50, embed_dim=8, hidden=6, layers=2, bidirectional=True,
+        num_labels=2, labels=["negative", "positive"])
+    with pytest.raises(ValueError, match="labels has 1 entries but num_labels is 2"):
+        RepositoryMetadata.model_validate_json(json.dumps({**written, "labels": ["only"]}))
