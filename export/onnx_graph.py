@@ -29,19 +29,18 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnserve.architecture import Architecture
+from rnnserve.architecture import GATES, Architecture
 
 OPSET = 17
 PRODUCER = "rnnserve.export"
 
 #: torch gate block index for each ONNX gate block, per cell.
 _GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
-_GATES = {"lstm": 4, "gru": 3}
 
 
 def expected_shapes(spec: Architecture) -> dict[str, tuple[int, ...]]:
     """The state_dict entries (name -> shape) a checkpoint of ``spec`` must contain."""
-    gates, hidden = _GATES[spec.cell], spec.hidden
+    gates, hidden = GATES[spec.cell], spec.hidden
     shapes: dict[str, tuple[int, ...]] = {
         "embedding.weight": (spec.vocab_size, spec.embed_dim),
         "head.weight": (spec.num_labels, hidden * spec.directions),
@@ -64,7 +63,7 @@ def _direction_suffixes(spec: Architecture) -> list[str]:
 
 def _reorder_gates(array: np.ndarray, cell: str) -> np.ndarray:
     """Permute the gate blocks along axis 0 from torch order to ONNX order."""
-    blocks = np.split(array, _GATES[cell], axis=0)
+    blocks = np.split(array, GATES[cell], axis=0)
     return np.concatenate([blocks[i] for i in _GATE_ORDER[cell]], axis=0)
 
 

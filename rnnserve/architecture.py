@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Cell = Literal["lstm", "gru"]
 
+#: Gate blocks per cell: the recurrent weights of every layer and direction stack this many
+#: ``hidden``-row blocks (in torch and in ONNX, in different orders).
+GATES: dict[str, int] = {"lstm": 4, "gru": 3}
 #: Bytes per state value (float32).
 STATE_ITEM_BYTES = 4
 

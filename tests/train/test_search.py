@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 from rnnserve.train.search import search_command
-from rnnserve.train.search_params import model_parameters
+from rnnserve.train.search.sizes import model_parameters
 from typer.testing import CliRunner
 
 CELLS = ("lstm", "gru")
@@ -152,8 +152,8 @@ def test_missing_data_is_one_line_error(tmp_path):
 
 def test_interrupted_trial_is_failed_and_not_counted(tmp_path):
     from optuna.trial import TrialState
-    from rnnserve.train.search import SearchConfig
-    from rnnserve.train.search_study import _finished, _open_study
+    from rnnserve.train.search.settings import SearchConfig
+    from rnnserve.train.search.study import _finished, _open_study
 
     config = SearchConfig(data="unused", out=tmp_path, space="tiny", trials=1)
     study = _open_study(tmp_path, "gru", config)
@@ -182,7 +182,7 @@ def test_parameter_formula_matches_torch(cell, embed, hidden, layers, bidirectio
 
 
 def test_mcnemar_exact():
-    from rnnserve.train.search_measure import mcnemar_exact
+    from rnnserve.train.search.measure import mcnemar_exact
 
     truth = [1] * 12
     assert mcnemar_exact(truth, truth, truth)["p_value"] == 1.0
@@ -226,7 +226,7 @@ def _fake_results(lstm_acc: float, gru_acc: float) -> dict:
 
 
 def test_conclusion_and_claims_are_computed_from_numbers():
-    from rnnserve.train.search_verdicts import conclude, judge_claims
+    from rnnserve.train.search.verdicts import conclude, judge_claims
 
     results = _fake_results(0.85, 0.80)
     lines = dict(line.split(": ", 1) for line in conclude(results))
