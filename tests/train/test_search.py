@@ -289,3 +289,60 @@ def test_sigterm_fails_the_running_trial_and_records_history(tmp_path, tiny_data
     history = json.loads((tmp_path / "history.json").read_text())
     assert history[0]["outcome"] == "interrupted (KeyboardInterrupt)"
     assert not (tmp_path / "trials" / "lstm-000").exists()
+
+
+def _package_imports() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """(module -> search modules it imports at module level, (module, target) imported inside
+    a function) for the modules of rnnserve.train.search and rnnserve.train.report."""
+    import ast
+
+    import rnnserve.train.report
+    import rnnserve.train.search
+
+    package = Path(rnnserve.train.search.__file__).parent
+    files = {path.stem: path for path in package.glob("*.py")}
+    files["report"] = Path(rnnserve.train.report.__file__)
+    prefix = "rnnserve.train.search"
+
+    def targets(node) -> set[str]:
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names])
+        found = {name.removeprefix(prefix + ".").split(".")[0]
+                 for name in names if name.startswith(prefix + ".")}
+        if any(name == "rnnserve.train.report" for name in names):
+            found.add("report")
+        return found & set(files)
+
+    top, nested = {}, set()
+    for module, path in files.items():
+        tree = ast.parse(path.read_text())
+        top[module] = set().union(*(targets(node) for node in tree.body
+                                    if isinstance(node, ast.Import | ast.ImportFrom)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom):
+                        nested |= {(module, target) for target in targets(inner)}
+    return top, nested
+
+
+def test_search_modules_import_in_one_direction():
+    from graphlib import TopologicalSorter
+
+    top, nested = _package_imports()
+    # the one deferred import: the CLI loads the search machinery only when a search runs
+    assert nested == {("command", "study")}
+    for module, target in nested:
+        top[module].add(target)
+    order = list(TopologicalSorter(top).static_order())  # CycleError on an import cycle
+    assert order.index("settings") < order.index("study") < order.index("command")
+
+
+def test_the_cli_part_loads_no_heavy_dependency():
+    import subprocess
+    import sys
+
+    code = ("import sys, rnnserve.train.search; print(sorted(m for m in ('numpy', 'torch', "
+            "'optuna', 'matplotlib', 'rnnserve.train.search.study') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
