@@ -31,14 +31,16 @@ from rnnserve.repository import (
     TOKENIZER_FILE,
     RepositoryError,
     RepositoryMetadata,
+    ServingDefaults,
+    build_model_config,
     list_versions,
     read_model_config,
+    signature,
 )
 
 from .errors import ExportError
 from .eval_data import EvalSet, checkpoint_eval_set, encode, load_eval_set
-from .model_config import ServingDefaults, build_model_config, signature
-from .onnx_graph import OPSET, GraphSpec, build_onnx
+from .onnx_graph import OPSET, build_onnx
 from .precision import PRECISIONS, to_precision
 from .validate import PARITY_TEXTS, OrtRunner, accuracy, chunked_vs_whole, parity
 from .writer import choose_version, resolve_model_dir, write_config_atomic, write_version
@@ -79,22 +81,11 @@ def export_checkpoint(
     target_version = choose_version(model_path, version, force)
 
     torch_model, spec, tokenizer = _load(checkpoint)
-    graph_spec = GraphSpec.from_model_spec(spec)
-    fp32 = build_onnx(
-        graph_spec, {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
-    )
+    fp32 = build_onnx(spec, {k: v.detach().numpy() for k, v in torch_model.state_dict().items()})
     fp32_bytes = _checked_bytes(fp32, "fp32")
 
     metadata = RepositoryMetadata(
-        cell=spec.cell,
-        vocab_size=spec.vocab_size,
-        embed_dim=spec.embed_dim,
-        hidden=spec.hidden,
-        layers=spec.layers,
-        bidirectional=spec.bidirectional,
-        num_labels=spec.num_labels,
-        labels=list(spec.labels),
-        pad_id=spec.pad_id,
+        **spec.architecture().model_dump(),
         precision=precision,
         opset=OPSET,
         source_checkpoint=str(checkpoint.resolve()),

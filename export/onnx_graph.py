@@ -1,7 +1,8 @@
 """Build the serving ONNX graph of a SentimentRNN directly from its weights.
 
 The graph uses native ONNX ``LSTM``/``GRU`` operators (one per layer, no unrolled loops) and
-follows the I/O contract of docs/architecture.md §2:
+follows the I/O contract of docs/architecture.md §2 for an ``Architecture``
+(rnnserve/architecture.py; a checkpoint's ``ModelSpec`` is one):
 
     input_ids   INT64 [batch, time]        lengths      INT64 [batch]
     state_h     FP32  [batch, L*D, hidden] state_c      FP32  [batch, L*D, hidden]  (LSTM)
@@ -23,50 +24,23 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from rnnserve.repository import state_input_names
+from rnnserve.architecture import GATES, Architecture
 
 OPSET = 17
 PRODUCER = "rnnserve.export"
 
 #: torch gate block index for each ONNX gate block, per cell.
 _GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
-_GATES = {"lstm": 4, "gru": 3}
 
 
-@dataclass(frozen=True)
-class GraphSpec:
-    """The architecture facts the graph needs (a subset of ModelSpec)."""
-
-    cell: str
-    vocab_size: int
-    embed_dim: int
-    hidden: int
-    layers: int
-    bidirectional: bool
-    num_labels: int
-
-    @property
-    def directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_names(self) -> list[str]:
-        return state_input_names(self.cell)
-
-    @classmethod
-    def from_model_spec(cls, spec: object) -> GraphSpec:
-        return cls(**{name: getattr(spec, name) for name in cls.__dataclass_fields__})
-
-
-def expected_shapes(spec: GraphSpec) -> dict[str, tuple[int, ...]]:
+def expected_shapes(spec: Architecture) -> dict[str, tuple[int, ...]]:
     """The state_dict entries (name -> shape) a checkpoint of ``spec`` must contain."""
-    gates, hidden = _GATES[spec.cell], spec.hidden
+    gates, hidden = GATES[spec.cell], spec.hidden
     shapes: dict[str, tuple[int, ...]] = {
         "embedding.weight": (spec.vocab_size, spec.embed_dim),
         "head.weight": (spec.num_labels, hidden * spec.directions),
@@ -83,18 +57,18 @@ def expected_shapes(spec: GraphSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _direction_suffixes(spec: GraphSpec) -> list[str]:
+def _direction_suffixes(spec: Architecture) -> list[str]:
     return ["", "_reverse"] if spec.bidirectional else [""]
 
 
 def _reorder_gates(array: np.ndarray, cell: str) -> np.ndarray:
     """Permute the gate blocks along axis 0 from torch order to ONNX order."""
-    blocks = np.split(array, _GATES[cell], axis=0)
+    blocks = np.split(array, GATES[cell], axis=0)
     return np.concatenate([blocks[i] for i in _GATE_ORDER[cell]], axis=0)
 
 
 def _layer_initializers(
-    spec: GraphSpec, weights: Mapping[str, np.ndarray], layer: int
+    spec: Architecture, weights: Mapping[str, np.ndarray], layer: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ONNX ``W [D, G*H, in]``, ``R [D, G*H, H]``, ``B [D, 2*G*H]`` for one layer."""
     w, r, b = [], [], []
@@ -128,7 +102,7 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
 
 
-def build_onnx(spec: GraphSpec, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+def build_onnx(spec: Architecture, weights: Mapping[str, np.ndarray]) -> onnx.ModelProto:
     """Return the fp32 serving graph for ``spec`` with the torch ``state_dict`` ``weights``.
 
     ``weights`` maps the torch parameter names (``embedding.weight``, ``rnn.*``, ``head.*``)

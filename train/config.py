@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Cell = Literal["lstm", "gru"]
+from rnnserve.architecture import Cell
+
 TokenizerKind = Literal["wordlevel", "wordpiece", "bpe"]
 Device = Literal["auto", "cpu", "cuda"]
 

@@ -2,7 +2,8 @@
 
 Invariants
 ----------
-* ``ModelSpec`` holds exactly the fields of ``config.json``; a checkpoint's spec is enough to
+* ``ModelSpec`` holds exactly the fields of ``config.json``: the shared ``Architecture``
+  (rnnserve/architecture.py) plus dropout and max_length; a checkpoint's spec is enough to
   rebuild the module with ``SentimentRNN.from_spec``.
 * State is batch-major: ``h`` (and ``c`` for LSTM) are ``[B, layers*dirs, hidden]``;
   ``state`` is ``(h, c)`` for LSTM and ``(h,)`` for GRU, ``None`` means zeros.
@@ -18,52 +19,26 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from rnnserve.train.config import Cell
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from rnnserve.architecture import Architecture, Cell
 
 State = tuple[torch.Tensor, ...]
 
 FORMAT_VERSION = 1
 
 
-class ModelSpec(BaseModel):
-    """Everything needed to rebuild a ``SentimentRNN`` and interpret its output (config.json)."""
+class ModelSpec(Architecture):
+    """A checkpoint's ``config.json``: the architecture plus what only training uses.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Enough to rebuild a ``SentimentRNN`` (``from_spec``) and to tokenize its input.
+    """
 
     format_version: Literal[1] = FORMAT_VERSION
-    cell: Cell
-    vocab_size: int = Field(gt=1)
-    embed_dim: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    layers: int = Field(gt=0)
     dropout: float = Field(ge=0.0, lt=1.0)
-    bidirectional: bool = False
-    num_labels: int = Field(gt=1)
-    labels: list[str]
-    pad_id: int = Field(default=0, ge=0)
     max_length: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelSpec:
-        if len(self.labels) != self.num_labels:
-            raise ValueError(f"labels has {len(self.labels)} entries but num_labels is {self.num_labels}")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels must be unique, got {self.labels}")
-        if self.pad_id >= self.vocab_size:
-            raise ValueError(f"pad_id {self.pad_id} is outside the vocabulary ({self.vocab_size})")
-        return self
-
-    @property
-    def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    @property
-    def state_shape(self) -> tuple[int, int]:
-        """Per-row state shape (without the batch dim): ``(layers*dirs, hidden)``."""
-        return (self.layers * self.num_directions, self.hidden)
 
 
 class SentimentRNN(nn.Module):

@@ -1,7 +1,7 @@
 """The search report: ``report.md``, PNG plots and ``results.json`` from collected results.
 
 ``write_report(results, out)`` is a pure function of the ``results`` dict that
-``search_collect.collect`` builds (plus the files it writes). Its shape::
+``rnnserve.train.search.collect.collect`` builds (plus the files it writes). Its shape::
 
     settings, run, data                     what was searched, on what, how long it took
     cells.<cell>.counts                     {"complete", "pruned", "failed"}
@@ -16,8 +16,11 @@
 Invariants
 ----------
 * Every sentence of the conclusion and every claim verdict is computed from those numbers
-  (``search_verdicts.conclude``, ``judge_claims``); nothing in the report is written by hand,
-  and the thresholds used for "similar" are stated next to each verdict.
+  (``rnnserve.train.search.verdicts``: ``conclude``, ``judge_claims``); nothing in the
+  report is written by hand, and the thresholds used for "similar" are stated next to each
+  verdict.
+* Every plot axis is labelled with its quantity and unit, and every latency plot names the
+  inference engine that produced its numbers.
 * Each latency figure carries the engine that produced it (``onnxruntime`` for exported
   models, ``torch-eager`` when no export was available).
 * ``results.json`` is the input plus ``claims`` and ``conclusion``, so the report can be
@@ -30,12 +33,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rnnserve.train.search_format import mib, ms, name, pct, seconds
-from rnnserve.train.search_plots import PLOTS, write_plots
-from rnnserve.train.search_verdicts import best_cells, conclude, judge_claims
+from rnnserve.train.search.verdicts import (
+    best_cells,
+    conclude,
+    judge_claims,
+    mib,
+    ms,
+    name,
+    pct,
+    seconds,
+)
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
+PLOTS = {
+    "accuracy_vs_parameters": "accuracy_vs_parameters.png",
+    "validation_curves": "validation_curves.png",
+    "latency_vs_accuracy": "latency_vs_accuracy.png",
+}
+COLORS = {"lstm": "tab:blue", "gru": "tab:orange"}
 
 
 # --------------------------------------------------------------------------- markdown
@@ -119,7 +135,7 @@ def _claims_section(claims: dict, results: dict) -> list[str]:
     lines = ["## Common claims, checked on this data", ""]
     p = claims["quarter_fewer_parameters"]
     lines += ["### \"A GRU has about a quarter fewer parameters than an LSTM of the same size\"", "",
-              "Exact counts (`rnnserve.train.search_params`, equal to torch's `numel` sum):", ""]
+              "Exact counts (`rnnserve.train.search.sizes`, equal to torch's `numel` sum):", ""]
     if p["rows"]:
         lines += ["| sizes (embed / hidden / layers, vocab) | LSTM | GRU | recurrent fewer | total fewer |",
                   "|---|---|---|---|---|"]
@@ -271,3 +287,102 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def write_plots(results: dict, out: Path) -> dict[str, str]:
+    """The three PNGs; returns plot key -> file name (relative to ``out``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = {}
+    for key, draw in (("accuracy_vs_parameters", _plot_accuracy_vs_parameters),
+                      ("validation_curves", _plot_curves),
+                      ("latency_vs_accuracy", _plot_latency)):
+        figure = draw(plt, results)
+        figure.tight_layout()
+        figure.savefig(out / PLOTS[key], dpi=110)
+        plt.close(figure)
+        written[key] = PLOTS[key]
+    return written
+
+
+def _plot_accuracy_vs_parameters(plt, results: dict):
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for cell, data in results["cells"].items():
+        for state, marker, fill in (("COMPLETE", "o", True), ("PRUNED", "x", False)):
+            points = [t for t in data["trials"] if t["state"] == state and t["val_accuracy"] is not None]
+            if points:
+                axis.scatter([t["parameters"] for t in points],
+                             [100 * t["val_accuracy"] for t in points], marker=marker,
+                             color=COLORS[cell], alpha=0.8 if fill else 0.6,
+                             label=f"{name(cell)} {state.lower()} ({len(points)})")
+        if data.get("best"):
+            axis.scatter([data["best"]["parameters"]], [100 * data["best"]["val_accuracy"]],
+                         marker="*", s=260, color=COLORS[cell], edgecolors="black",
+                         label=f"{name(cell)} best (trial {data['best']['trial']})", zorder=5)
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters (count, log scale)")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.set_title("Every trial: validation accuracy vs size\n(pruned: best accuracy before pruning)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=8)
+    return figure
+
+
+def _plot_curves(plt, results: dict):
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for cell, data in results["cells"].items():
+        best = data.get("best")
+        if not best:
+            continue
+        epochs = [point["epoch"] for point in best["curve"]]
+        left.plot(epochs, [100 * point["val_accuracy"] for point in best["curve"]], marker="o",
+                  color=COLORS[cell], label=f"{name(cell)} trial {best['trial']}")
+        losses = [point.get("val_loss") for point in best["curve"]]
+        if all(loss is not None for loss in losses):
+            right.plot(epochs, losses, marker="o", color=COLORS[cell],
+                       label=f"{name(cell)} validation")
+        train_losses = [point.get("train_loss") for point in best["curve"]]
+        if all(loss is not None for loss in train_losses):
+            right.plot(epochs, train_losses, marker=".", linestyle="--", color=COLORS[cell],
+                       label=f"{name(cell)} training")
+    left.set_xlabel("epoch")
+    left.set_ylabel("validation accuracy (%)")
+    left.set_title("Best trial per cell: validation accuracy")
+    right.set_xlabel("epoch")
+    right.set_ylabel("cross-entropy loss (nats per example)")
+    right.set_title("Best trial per cell: loss")
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    return figure
+
+
+def _plot_latency(plt, results: dict):
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    engines = set()
+    for cell, data in results["cells"].items():
+        points = [t for t in data["trials"] if t.get("latency")]
+        if points:
+            engines.update(t["latency"]["engine"].split(" (")[0] for t in points)
+            axis.scatter([t["latency"]["batch1_median_ms"] for t in points],
+                         [100 * t["val_accuracy"] for t in points], color=COLORS[cell],
+                         label=f"{name(cell)} top trials ({len(points)})")
+        best = data.get("best")
+        if best and best.get("latency"):
+            axis.scatter([best["latency"]["batch1_median_ms"]], [100 * best["val_accuracy"]],
+                         marker="*", s=260, color=COLORS[cell], edgecolors="black", zorder=5,
+                         label=f"{name(cell)} best (trial {best['trial']})")
+    axis.set_xlabel("median latency at batch 1 (ms per text)")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.set_title(f"Latency vs accuracy (engine: {', '.join(sorted(engines)) or 'n/a'})")
+    axis.grid(True, alpha=0.3)
+    if engines:
+        axis.legend(fontsize=8)
+    return figure

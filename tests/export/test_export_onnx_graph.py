@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from rnnserve.export.eval_data import encode
-from rnnserve.export.onnx_graph import OPSET, GraphSpec, build_onnx, expected_shapes
+from rnnserve.export.onnx_graph import OPSET, build_onnx, expected_shapes
 from rnnserve.export.validate import (
     PARITY_TEXTS,
     OrtRunner,
@@ -24,10 +24,9 @@ def _load(make_checkpoint, cell, bidirectional, **kwargs):
     from rnnserve.train.checkpoint import load_checkpoint
 
     model, spec, tokenizer = load_checkpoint(make_checkpoint(cell, bidirectional, **kwargs))
-    graph_spec = GraphSpec.from_model_spec(spec)
     weights = {k: v.numpy() for k, v in model.state_dict().items()}
-    graph = build_onnx(graph_spec, weights)
-    runner = OrtRunner(graph.SerializeToString(), graph_spec.state_names, spec.state_shape)
+    graph = build_onnx(spec, weights)
+    runner = OrtRunner(graph.SerializeToString(), spec.state_names, spec.state_shape)
     tokens = [t for t in encode(tokenizer, PARITY_TEXTS, spec.max_length) if t]
     return model, spec, graph, runner, tokens
 
@@ -115,7 +114,7 @@ def test_expected_shapes_match_torch_state_dict(make_checkpoint):
     for cell, bidirectional in ARCHITECTURES:
         model, spec, _ = load_checkpoint(make_checkpoint(cell, bidirectional))
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert expected_shapes(GraphSpec.from_model_spec(spec)) == shapes
+        assert expected_shapes(spec) == shapes
 
 
 def test_scaled_difference_is_absolute_below_one_and_relative_above():

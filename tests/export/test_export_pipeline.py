@@ -13,6 +13,7 @@ from rnnserve.export import exporter
 from rnnserve.export.errors import ExportError
 from rnnserve.export.exporter import export_checkpoint
 from rnnserve.export.validate import OrtRunner, pad_batch
+from rnnserve.train.checkpoint import read_spec
 from tritonclient.grpc import model_config_pb2 as mc
 
 from rnnserve.repository import (
@@ -64,6 +65,7 @@ def test_tiny_repository_layout_and_metadata(tiny_repository, tiny_checkpoints):
             2,
         )
         assert (version / LABELS_FILE).read_text().splitlines() == meta.labels
+        assert meta.architecture() == read_spec(tiny_checkpoints[cell]).architecture()
         assert (version / TOKENIZER_FILE).read_bytes() == (
             tiny_checkpoints[cell] / TOKENIZER_FILE
         ).read_bytes()

@@ -436,7 +436,9 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
 
 def _set_policy(repo: Path, **policy) -> None:
     """Rewrite live's config.pbtxt version_policy (latest=N, specific=[...], all=True)."""
-    from rnnserve.repository import read_model_config, write_model_config
+    from rnnserve.export.writer import write_config_atomic
+
+    from rnnserve.repository import read_model_config
 
     path = repo / MODEL / "config.pbtxt"
     config = read_model_config(path)
@@ -447,7 +449,7 @@ def _set_policy(repo: Path, **policy) -> None:
         config.version_policy.specific.versions.extend(policy["specific"])
     else:
         config.version_policy.all.SetInParent()
-    write_model_config(path, config)
+    write_config_atomic(path.parent, config)
 
 
 def test_version_policy_is_honoured_on_every_load(tmp_path, sources, reference):

@@ -215,3 +215,25 @@ def test_nearest_lengths_keeps_the_oldest_and_its_length_neighbours():
     assert sorted(steps[i] for i in chosen) == [9, 10, 11, 12]
     # the oldest row goes even when it is the outlier
     assert 0 in nearest_lengths([100, 1, 1, 1, 1, 1], 3)
+
+
+def test_metadata_json_of_earlier_exports_still_loads():
+    """metadata.json as exporters wrote it before the shared Architecture (plus a key a newer
+    exporter might add) loads; its architecture part is checked like a checkpoint's."""
+    from rnnserve.architecture import Architecture
+    from rnnserve.repository import RepositoryMetadata
+
+    written = {"format_version": 1, "cell": "lstm", "vocab_size": 50, "embed_dim": 8,
+               "hidden": 6, "layers": 2, "bidirectional": True, "num_labels": 2,
+               "labels": ["negative", "positive"], "pad_id": 0, "precision": "fp16",
+               "opset": 17, "metrics": {"val_accuracy": 0.8}, "validation": {},
+               "source_checkpoint": "/c", "exported_at": "2026-01-01T00:00:00+00:00",
+               "a_newer_field": 1}
+    meta = RepositoryMetadata.model_validate_json(json.dumps(written))
+    assert (meta.state_names, meta.state_shape, meta.state_bytes) == (
+        ["state_h", "state_c"], (4, 6), 4 * 6 * 4 * 2)
+    assert meta.architecture() == Architecture(
+        cell="lstm", vocab_size=50, embed_dim=8, hidden=6, layers=2, bidirectional=True,
+        num_labels=2, labels=["negative", "positive"])
+    with pytest.raises(ValueError, match="labels has 1 entries but num_labels is 2"):
+        RepositoryMetadata.model_validate_json(json.dumps({**written, "labels": ["only"]}))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 from rnnserve.train.search import search_command
-from rnnserve.train.search_params import model_parameters
+from rnnserve.train.search.sizes import model_parameters
 from typer.testing import CliRunner
 
 CELLS = ("lstm", "gru")
@@ -152,8 +152,8 @@ def test_missing_data_is_one_line_error(tmp_path):
 
 def test_interrupted_trial_is_failed_and_not_counted(tmp_path):
     from optuna.trial import TrialState
-    from rnnserve.train.search import SearchConfig
-    from rnnserve.train.search_study import _finished, _open_study
+    from rnnserve.train.search.settings import SearchConfig
+    from rnnserve.train.search.study import _finished, _open_study
 
     config = SearchConfig(data="unused", out=tmp_path, space="tiny", trials=1)
     study = _open_study(tmp_path, "gru", config)
@@ -182,7 +182,7 @@ def test_parameter_formula_matches_torch(cell, embed, hidden, layers, bidirectio
 
 
 def test_mcnemar_exact():
-    from rnnserve.train.search_measure import mcnemar_exact
+    from rnnserve.train.search.measure import mcnemar_exact
 
     truth = [1] * 12
     assert mcnemar_exact(truth, truth, truth)["p_value"] == 1.0
@@ -226,7 +226,7 @@ def _fake_results(lstm_acc: float, gru_acc: float) -> dict:
 
 
 def test_conclusion_and_claims_are_computed_from_numbers():
-    from rnnserve.train.search_verdicts import conclude, judge_claims
+    from rnnserve.train.search.verdicts import conclude, judge_claims
 
     results = _fake_results(0.85, 0.80)
     lines = dict(line.split(": ", 1) for line in conclude(results))
@@ -289,3 +289,60 @@ def test_sigterm_fails_the_running_trial_and_records_history(tmp_path, tiny_data
     history = json.loads((tmp_path / "history.json").read_text())
     assert history[0]["outcome"] == "interrupted (KeyboardInterrupt)"
     assert not (tmp_path / "trials" / "lstm-000").exists()
+
+
+def _package_imports() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """(module -> search modules it imports at module level, (module, target) imported inside
+    a function) for the modules of rnnserve.train.search and rnnserve.train.report."""
+    import ast
+
+    import rnnserve.train.report
+    import rnnserve.train.search
+
+    package = Path(rnnserve.train.search.__file__).parent
+    files = {path.stem: path for path in package.glob("*.py")}
+    files["report"] = Path(rnnserve.train.report.__file__)
+    prefix = "rnnserve.train.search"
+
+    def targets(node) -> set[str]:
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names])
+        found = {name.removeprefix(prefix + ".").split(".")[0]
+                 for name in names if name.startswith(prefix + ".")}
+        if any(name == "rnnserve.train.report" for name in names):
+            found.add("report")
+        return found & set(files)
+
+    top, nested = {}, set()
+    for module, path in files.items():
+        tree = ast.parse(path.read_text())
+        top[module] = set().union(*(targets(node) for node in tree.body
+                                    if isinstance(node, ast.Import | ast.ImportFrom)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import | ast.ImportFrom):
+                        nested |= {(module, target) for target in targets(inner)}
+    return top, nested
+
+
+def test_search_modules_import_in_one_direction():
+    from graphlib import TopologicalSorter
+
+    top, nested = _package_imports()
+    # the one deferred import: the CLI loads the search machinery only when a search runs
+    assert nested == {("command", "study")}
+    for module, target in nested:
+        top[module].add(target)
+    order = list(TopologicalSorter(top).static_order())  # CycleError on an import cycle
+    assert order.index("settings") < order.index("study") < order.index("command")
+
+
+def test_the_cli_part_loads_no_heavy_dependency():
+    import subprocess
+    import sys
+
+    code = ("import sys, rnnserve.train.search; print(sorted(m for m in ('numpy', 'torch', "
+            "'optuna', 'matplotlib', 'rnnserve.train.search.study') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 
 Invariants
 ----------
-* ``model_parameter_count(...)`` equals ``sum(p.numel() for p in SentimentRNN(...).parameters())``
+* ``model_parameters(...).total`` equals ``sum(p.numel() for p in SentimentRNN(...).parameters())``
   for every size (tests check it against torch), so claims about size are computed, not quoted.
 * Per layer and direction a cell with ``g`` gates has ``g * (hidden*input + hidden*hidden +
   2*hidden)`` weights (torch keeps two bias vectors, ``bias_ih`` and ``bias_hh``); an LSTM has
@@ -13,8 +13,9 @@ Invariants
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
-GATES = {"lstm": 4, "gru": 3}
+from rnnserve.architecture import GATES
 
 
 def recurrent_parameter_count(
@@ -66,6 +67,9 @@ def model_parameters(
     )
 
 
-def model_parameter_count(cell: str, **sizes: int | bool) -> int:
-    """Total parameters of a ``SentimentRNN`` (same keyword arguments as ``model_parameters``)."""
-    return model_parameters(cell, **sizes).total
+def size_of(cell: str, params: dict[str, Any], vocab_size: int, num_labels: int) -> dict[str, int]:
+    """Exact parameter breakdown (with ``total``) of a trial's model from its sampled sizes."""
+    return model_parameters(
+        cell, vocab_size=vocab_size, embed_dim=int(params["embed_dim"]),
+        hidden=int(params["hidden"]), layers=int(params["layers"]), num_labels=num_labels,
+    ).as_dict()

@@ -1,4 +1,4 @@
-"""Gather a finished search into the ``results`` dict that ``report.write_report`` renders.
+"""Gather a finished search into the ``results`` dict that ``rnnserve.train.report`` renders.
 
 Invariants
 ----------
@@ -13,40 +13,51 @@ Invariants
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rnnserve.train.search import SearchConfig
-from rnnserve.train.search_study import (
+import torch
+from optuna.trial import TrialState
+from rnnserve.train.data import DataError, load_labelled_texts
+from rnnserve.train.search.measure import (
+    mcnemar_exact,
+    measure_latencies,
+    measure_training_memory,
+    onnx_runner,
+    quality,
+    torch_runner,
+    training_speed_at_equal_size,
+)
+from rnnserve.train.search.settings import (
+    ONNX_DIR,
     PRUNER_STARTUP_TRIALS,
     TPE_STARTUP_TRIALS,
+    SearchConfig,
+    SearchError,
     best_dir,
-    read_history,
-    size_of,
     trial_dir,
 )
+from rnnserve.train.search.sizes import size_of
 
-ONNX_DIR = "onnx"
 SIZE_KEYS = ("embed_dim", "hidden", "layers", "batch_size")
 
 
 def collect(config: SearchConfig, studies: dict[str, Any], prepared, out: Path, *,
             ran: dict[str, int], started: float, timed_out: bool,
-            load_average_start: float | None = None) -> dict[str, Any]:
-    """Build the results dict (see ``rnnserve.train.report``) for ``studies``."""
-    import torch
-    from rnnserve.train.search_space import get_space
-
+            history: list[dict[str, Any]], load_average_start: float | None = None,
+            ) -> dict[str, Any]:
+    """Build the results dict (see ``rnnserve.train.report``) for ``studies``; ``history`` is
+    history.json's entries (one per invocation on ``out``)."""
     splits = prepared.data.splits
     cells = {cell: _cell_results(cell, study, prepared, out) for cell, study in studies.items()}
     val_texts, val_labels = splits.validation.texts, splits.validation.labels
     test = _load_test(config, splits.label_names)
-    from rnnserve.train.search_measure import measure_latencies, quality
-
     runners, measured = {}, {}
     for cell, data in cells.items():
         for entry in _measured_trials(data, config.latency_top):
@@ -78,13 +89,11 @@ def collect(config: SearchConfig, studies: dict[str, Any], prepared, out: Path, 
         _measure_memory(cells, prepared, config)
     significance = None
     if len(predictions) == 2:
-        from rnnserve.train.search_measure import mcnemar_exact
-
         (first, a), (second, b) = predictions.items()
         significance = {"first": first, "second": second, "examples": len(val_labels),
                         **mcnemar_exact(val_labels, a, b)}
 
-    space = get_space(config.space)
+    space = config.search_space
     return {
         "format_version": 1,
         "label": "",
@@ -111,7 +120,7 @@ def collect(config: SearchConfig, studies: dict[str, Any], prepared, out: Path, 
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_seconds": time.time() - started, "timed_out": timed_out, "ran": ran,
             "process_cpu_seconds": time.process_time(),
-            "history": read_history(out),
+            "history": history,
             "trial_seconds_total": sum(t.get("wall_seconds") or 0.0
                                        for c in cells.values() for t in c["trials"]),
             "trial_cpu_seconds_total": sum(t.get("cpu_seconds") or 0.0
@@ -131,10 +140,7 @@ def collect(config: SearchConfig, studies: dict[str, Any], prepared, out: Path, 
 
 def _code_version() -> dict[str, str | None]:
     """The git commit (``+dirty`` with local changes) and a digest of the training code."""
-    import hashlib
-    import subprocess
-
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # train/
     digest = hashlib.sha256()
     for name in ("trainer.py", "config.py", "model.py", "batching.py", "tokenizer.py"):
         path = root / name
@@ -149,8 +155,6 @@ def _code_version() -> dict[str, str | None]:
 
 
 def _cell_results(cell: str, study, prepared, out: Path) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
     states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED,
               "failed": TrialState.FAIL}
     counts = {key: len(study.get_trials(deepcopy=False, states=(state,)))
@@ -213,9 +217,7 @@ def _measured_trials(data: dict, top: int) -> list[dict]:
 
 def _runner(checkpoint: Path, out: Path, name: str, threads: int):
     """(runner, export error or None): ORT on a fresh fp32 export, else torch eager."""
-    from rnnserve.train.search_measure import onnx_runner, torch_runner
-
-    try:
+    try:  # export needs the ONNX tooling; without it the torch module is measured
         from rnnserve.export.exporter import export_checkpoint
 
         version = export_checkpoint(checkpoint, repository=out / ONNX_DIR, name=name,
@@ -228,9 +230,6 @@ def _runner(checkpoint: Path, out: Path, name: str, threads: int):
 def _load_test(config: SearchConfig, label_names: list[str]):
     if not config.test_data:
         return None
-    from rnnserve.train.data import DataError, load_labelled_texts
-    from rnnserve.train.search import SearchError
-
     try:
         return load_labelled_texts(config.test_data, labels=label_names)
     except DataError as error:
@@ -239,8 +238,6 @@ def _load_test(config: SearchConfig, label_names: list[str]):
 
 def _equal_size(cells: dict, prepared, config: SearchConfig) -> list[dict]:
     """Both cells trained side by side at each best model's sizes."""
-    from rnnserve.train.search_measure import training_speed_at_equal_size
-
     if len(cells) < 2:
         return []
     entries = []
@@ -268,9 +265,7 @@ def _equal_size(cells: dict, prepared, config: SearchConfig) -> list[dict]:
 
 
 def _measure_memory(cells: dict, prepared, config: SearchConfig) -> None:
-    """Fresh-process training memory of each best model (see ``search_memory``)."""
-    from rnnserve.train.search_memory import measure_training_memory
-
+    """Fresh-process training memory of each best model (see ``measure``)."""
     for cell, data in cells.items():
         if data["best"] is not None:
             data["best"]["training_memory"] = measure_training_memory(

@@ -1,4 +1,5 @@
-"""Verdicts of the search report, computed from the collected numbers.
+"""Verdicts of the search report, computed from the collected numbers, and the number formats
+the report prints them in.
 
 Invariants
 ----------
@@ -7,16 +8,61 @@ Invariants
   (``SIMILAR``) and "about a quarter" (``QUARTER``) are stated next to each verdict.
 * Claims are judged on controlled comparisons (equal sizes, identical hyperparameters, CPU
   time); comparisons of the two winners, chosen at different settings, are context only.
+* Every number format (``pct``, ``count``, ``seconds``, ``mib``, ``ms``) maps ``None`` to
+  ``"n/a"`` and never raises on a missing value.
 """
 
 from __future__ import annotations
-
-from rnnserve.train.search_format import count, ms, name, pct, relative, seconds
 
 #: Relative differences at or below this are called "similar" (time per epoch, loss).
 SIMILAR = 0.05
 #: "About a quarter fewer" holds for a total saving in this range.
 QUARTER = (0.20, 0.30)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f} %"
+
+
+def count(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.2f} M"
+    if value >= 10_000:
+        return f"{value / 1e3:.1f} k"
+    return str(value)
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if value >= 120:
+        return f"{value / 60:.1f} min"
+    return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
+
+
+def mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g} ms"
+
+
+def name(cell: str) -> str:
+    return cell.upper()
+
+
+def relative(a: float, b: float) -> float:
+    """How much smaller ``a`` is than ``b`` as a fraction of ``b`` (negative: larger)."""
+    return (b - a) / b if b else 0.0
+
+
+# --------------------------------------------------------------------------- verdicts
 
 
 def best_cells(results: dict) -> dict[str, dict]:

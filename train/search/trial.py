@@ -18,23 +18,28 @@ Invariants
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnnserve.train.search import SearchConfig, SearchError
-from rnnserve.train.search_space import get_space
+import optuna
+from optuna.trial import TrialState
+from rnnserve.train import trainer
+from rnnserve.train.config import TrainConfig
+from rnnserve.train.data import DataError
+from rnnserve.train.search.measure import reset_peak_rss, rss_bytes
+from rnnserve.train.search.settings import SearchConfig, SearchError, trial_dir
+from rnnserve.train.search.sizes import size_of
 
 
 @dataclass
 class Prepared:
     """The shared data of a search run (``PreparedData`` from the trainer) and its source."""
 
-    data: Any  # rnnserve.train.trainer.PreparedData
-    base: Any  # TrainConfig with the data options every trial shares
+    data: trainer.PreparedData
+    base: TrainConfig  # the data options every trial shares
 
     @property
     def num_labels(self) -> int:
@@ -48,35 +53,27 @@ class Prepared:
 
 def prepare(config: SearchConfig) -> Prepared:
     """Load the data, split or pair it with ``val_data``, train the tokenizer, encode."""
-    from rnnserve.train.data import DataError
-    from rnnserve.train.trainer import TrainConfig, prepare_data
-
-    space = get_space(config.space)
+    space = config.search_space
     base = TrainConfig(
         data=config.data, val_data=config.val_data, out=Path(config.out) / "trials",
         vocab_size=space.vocab_size, epochs=config.effective_epochs, seed=config.seed,
         num_threads=config.threads, progress=False,
     )
     try:
-        return Prepared(prepare_data(base), base)
+        return Prepared(trainer.prepare_data(base), base)
     except DataError as error:
         raise SearchError(str(error)) from None
 
 
-def train_config(prepared: Prepared, cell: str, params: dict[str, Any], out: Path):
+def train_config(prepared: Prepared, cell: str, params: dict[str, Any], out: Path) -> TrainConfig:
     """The trainer config of one trial: shared data options + sampled hyperparameters."""
     return prepared.base.model_copy(update={"cell": cell, "out": out, **params})
 
 
 def run_trial(study, cell: str, config: SearchConfig, prepared: Prepared, out: Path) -> None:
     """Ask ``study`` for a trial, train it, tell the result (COMPLETE, PRUNED or FAIL)."""
-    import optuna
-    from optuna.trial import TrialState
-    from rnnserve.train.search_study import size_of, trial_dir
-    from rnnserve.train.trainer import train
-
     trial = study.ask()
-    params = get_space(config.space).suggest(trial)
+    params = config.search_space.suggest(trial)
     directory = trial_dir(out, cell, trial.number)
     sizes = size_of(cell, params, prepared.vocab_size, prepared.num_labels)
     trial.set_user_attr("parameters", sizes["total"])
@@ -91,12 +88,12 @@ def run_trial(study, cell: str, config: SearchConfig, prepared: Prepared, out: P
         if epoch < epochs and trial.should_prune():
             raise optuna.TrialPruned(f"validation accuracy {metrics.val_accuracy:.4f} at epoch {epoch}")
 
-    memory_scope = "trial" if _reset_peak_rss() else "process (cumulative)"
+    memory_scope = "trial" if reset_peak_rss() else "process (cumulative)"
     trial.set_user_attr("memory_scope", memory_scope)
-    trial.set_user_attr("rss_before_bytes", _rss_bytes())
+    trial.set_user_attr("rss_before_bytes", rss_bytes())
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        result = train(train_config(prepared, cell, params, directory),
+        result = trainer.train(train_config(prepared, cell, params, directory),
                        dataset=prepared.data, on_epoch=on_epoch)
     except optuna.TrialPruned:
         shutil.rmtree(directory, ignore_errors=True)
@@ -131,21 +128,3 @@ def _say(config: SearchConfig, cell: str, number: int, state: str, curve: list, 
     best = max((point["val_accuracy"] for point in curve), default=math.nan)
     print(f"[{cell} trial {number}] {state} after {len(curve)} epoch(s): best val acc {best:.4f}, "
           f"{parameters:,} parameters, {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if impossible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _rss_bytes() -> int | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(match.group(1)) * 1024 if match else None

@@ -1,4 +1,4 @@
-"""Measurements of trained models for the search report: accuracy, latency, training speed.
+"""Measurements of models for the search report: accuracy, latency, training speed, memory.
 
 Invariants
 ----------
@@ -13,12 +13,25 @@ Invariants
 * Both cells are always measured under the same conditions (same texts, same batches, same
   thread count, interleaved rounds), so a comparison between them is fair even on a shared,
   noisy machine; absolute numbers are only as good as the machine's load allowed.
+* Training memory is measured in a fresh process (``measure_training_memory``; a search
+  trains many models in one process, where the allocator keeps memory from earlier trials).
+  The child (this module run with ``-m``) loads only the batches, records its RSS
+  (``baseline``: interpreter, torch, data), builds the model and AdamW, trains on the
+  ``steps * batch_size`` longest training rows (an epoch's activation peak) and reports the
+  kernel's peak RSS (``VmHWM``): ``training_bytes = peak - baseline`` covers weights,
+  gradients, optimizer state and activations, nothing from other models. Linux only
+  (``/proc/self/status``); elsewhere it returns None.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -27,6 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from rnnserve.train.batching import bucketed_batches, collate, encode_texts
+from rnnserve.train.checkpoint import load_checkpoint, read_spec
+from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
+from rnnserve.train.model import SentimentRNN, count_parameters
+from tokenizers import Tokenizer
 
 #: ``(ids[B,T] int64, lengths[B] int64) -> logits[B, labels] float32``
 Predict = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -53,15 +72,11 @@ class Runner:
 
 def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
     """Token ids per text, exactly as the trainer encodes them (``batching.encode_texts``)."""
-    from rnnserve.train.batching import encode_texts
-
     return encode_texts(tokenizer, list(texts), max_length)
 
 
 def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ids[B, max_len] int64 padded at the end, lengths[B] int64)`` as numpy arrays."""
-    from rnnserve.train.batching import collate
-
     ids, lengths = collate(rows, pad_id)
     return ids.numpy(), lengths.numpy()
 
@@ -72,11 +87,7 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
 def onnx_runner(model_dir: Path, checkpoint: Path, *, threads: int = 1) -> Runner:
     """ORT CPU session over ``<version dir>/model.onnx`` (state inputs fed as zeros); texts are
     cut at the source checkpoint's ``max_length`` like in training."""
-    import json
-
-    import onnxruntime as ort
-    from rnnserve.train.checkpoint import read_spec
-    from tokenizers import Tokenizer
+    import onnxruntime as ort  # only once an export succeeded (else ``torch_runner``)
 
     model_dir = Path(model_dir)
     spec = read_spec(checkpoint)
@@ -114,9 +125,6 @@ def onnx_runner(model_dir: Path, checkpoint: Path, *, threads: int = 1) -> Runne
 
 def torch_runner(checkpoint: Path, *, threads: int = 1) -> Runner:
     """The checkpoint's ``SentimentRNN`` in eval mode (used when no ONNX export exists)."""
-    import torch
-    from rnnserve.train.checkpoint import load_checkpoint
-
     model, spec, tokenizer = load_checkpoint(checkpoint)
 
     def predict(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -137,8 +145,6 @@ def torch_runner(checkpoint: Path, *, threads: int = 1) -> Runner:
 @contextmanager
 def torch_threads(threads: int):
     """Temporarily run torch with ``threads`` intra-op threads."""
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -171,8 +177,6 @@ def classify(runner: Runner, texts: Sequence[str], *, batch_size: int = 64) -> l
 
 
 def quality(runner: Runner, texts: Sequence[str], labels: Sequence[int], num_labels: int) -> Quality:
-    from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
-
     predicted = classify(runner, texts)
     confusion = confusion_matrix(labels, predicted, num_labels)
     return Quality(
@@ -326,10 +330,6 @@ def training_speed_at_equal_size(
     cores, so it is the fair comparison on a shared machine.
     Seconds per epoch = mean batch time x ceil(rows / batch_size).
     """
-    import torch
-    from rnnserve.train.batching import bucketed_batches
-    from rnnserve.train.model import SentimentRNN, count_parameters
-
     batch_size = int(sizes["batch_size"])
     plan = bucketed_batches([len(row) for row in token_rows], batch_size, np.random.default_rng(seed))
     tensors = []
@@ -343,13 +343,7 @@ def training_speed_at_equal_size(
     cpu_times: dict[str, list[list[float]]] = {}
     for cell in cells:
         torch.manual_seed(seed)
-        models[cell] = SentimentRNN(
-            cell, vocab_size, int(sizes["embed_dim"]), int(sizes["hidden"]), int(sizes["layers"]),
-            float(sizes["dropout"]), False, num_labels,
-        ).train()
-        optimizers[cell] = torch.optim.AdamW(
-            models[cell].parameters(), lr=float(sizes["lr"]), weight_decay=float(sizes["weight_decay"])
-        )
+        models[cell], optimizers[cell] = _trainable(cell, sizes, vocab_size, num_labels)
         times[cell] = [[] for _ in tensors]
         cpu_times[cell] = [[] for _ in tensors]
         losses[cell] = []
@@ -357,12 +351,7 @@ def training_speed_at_equal_size(
     def step(cell: str, batch) -> tuple[float, float, float]:
         ids, lengths, target = batch
         start, cpu_start = time.perf_counter(), time.process_time()
-        logits, _ = models[cell](ids, lengths)
-        loss = torch.nn.functional.cross_entropy(logits, target)
-        optimizers[cell].zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(models[cell].parameters(), clip_norm)
-        optimizers[cell].step()
+        loss = _train_step(models[cell], optimizers[cell], ids, lengths, target, clip_norm)
         return time.perf_counter() - start, time.process_time() - cpu_start, loss.item()
 
     with torch_threads(threads or torch.get_num_threads()):
@@ -393,3 +382,123 @@ def training_speed_at_equal_size(
             final_loss=sum(tail) / len(tail),
         )
     return result
+
+
+def _trainable(cell: str, sizes: dict[str, Any], vocab_size: int, num_labels: int):
+    """A unidirectional ``SentimentRNN`` of ``sizes`` in training mode, with its AdamW."""
+    model = SentimentRNN(
+        cell, vocab_size, int(sizes["embed_dim"]), int(sizes["hidden"]), int(sizes["layers"]),
+        float(sizes["dropout"]), False, num_labels,
+    ).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(sizes["lr"]), weight_decay=float(sizes["weight_decay"])
+    )
+    return model, optimizer
+
+
+def _train_step(model, optimizer, ids, lengths, target, clip_norm: float) -> torch.Tensor:
+    """The trainer's core step (cross-entropy, AdamW, gradient clipping); returns the loss."""
+    logits, _ = model(ids, lengths)
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    return loss
+
+
+# --------------------------------------------------------------------------- memory
+
+#: Batches the fresh-process memory measurement trains on.
+MEMORY_STEPS = 8
+_STATUS = Path("/proc/self/status")
+
+
+def status_bytes(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes; None if absent."""
+    try:
+        status = _STATUS.read_text()
+    except OSError:
+        return None
+    match = re.search(rf"{field}:\s+(\d+) kB", status)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def rss_bytes() -> int | None:
+    return status_bytes("VmRSS")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def measure_training_memory(
+    cell: str,
+    sizes: dict[str, Any],
+    token_rows: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    *,
+    vocab_size: int,
+    num_labels: int,
+    threads: int | None = 1,
+    steps: int = MEMORY_STEPS,
+    timeout: float = 600,
+) -> dict[str, int] | None:
+    """``{"baseline_bytes", "peak_bytes", "training_bytes"}`` from a child process, or None."""
+    if not _STATUS.exists():
+        return None
+    batch_size = int(sizes["batch_size"])
+    longest = sorted(range(len(token_rows)), key=lambda i: -len(token_rows[i]))
+    chosen = longest[: steps * batch_size]
+    job = {
+        "cell": cell, "sizes": sizes, "vocab_size": vocab_size, "num_labels": num_labels,
+        "threads": threads, "batch_size": batch_size,
+        "rows": [list(token_rows[i]) for i in chosen], "labels": [labels[i] for i in chosen],
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "job.json"
+        path.write_text(json.dumps(job))
+        completed = subprocess.run(
+            [sys.executable, "-m", "rnnserve.train.search.measure", str(path)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    if completed.returncode != 0:
+        raise RuntimeError(f"memory measurement failed: {completed.stderr.strip()[-500:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(path: str) -> None:
+    """Train the job's batches in this fresh process; print baseline, peak and the difference."""
+    job = json.loads(Path(path).read_text())
+    if job["threads"]:
+        torch.set_num_threads(job["threads"])
+    rows, labels, batch_size = job["rows"], job["labels"], job["batch_size"]
+    batches = [
+        (*collate(rows[start : start + batch_size]),
+         torch.tensor(labels[start : start + batch_size], dtype=torch.int64))
+        for start in range(0, len(rows), batch_size)
+    ]
+    del rows
+    baseline = _required_status_bytes("VmRSS")
+    model, optimizer = _trainable(job["cell"], job["sizes"], job["vocab_size"], job["num_labels"])
+    for ids, lengths, targets in batches:
+        _train_step(model, optimizer, ids, lengths, targets, 1.0)
+    peak = _required_status_bytes("VmHWM")
+    print(json.dumps({"baseline_bytes": baseline, "peak_bytes": peak,
+                      "training_bytes": max(0, peak - baseline)}))
+
+
+def _required_status_bytes(field: str) -> int:
+    value = status_bytes(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return value
+
+
+if __name__ == "__main__":
+    _memory_child(sys.argv[1])

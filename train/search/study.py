@@ -1,14 +1,8 @@
-"""The Optuna side of ``rnnserve search``: one persistent study per cell, trials interleaved.
+"""Runs a search: one persistent Optuna study per cell, trials interleaved, then the report.
 
-Layout of ``<out>``::
-
-    study.db            SQLite storage: one study per cell, named after the cell
-    search.json         the settings the studies were created with (checked on resume)
-    trials/<cell>-NNN/  checkpoint of each completed trial (pruned ones are deleted)
-    best-<cell>/        copy of the best completed trial's checkpoint (``rnnserve export`` input)
-    best.json           cell -> trial number that best-<cell>/ holds
-    history.json        one entry per invocation: trial-phase wall time, trials run, outcome
-    report.md, results.json, *.png   written by ``rnnserve.train.report``
+``run_search`` is the top of the package: it prepares the data and runs trials
+(``trial``), gathers the results (``collect``) and renders them (``rnnserve.train.report``).
+The files it keeps in ``<out>`` are listed in ``settings``.
 
 Invariants
 ----------
@@ -44,19 +38,28 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rnnserve.train.search import SearchConfig, SearchError
-from rnnserve.train.search_params import model_parameters
-
-STUDY_FILE = "study.db"
-SETTINGS_FILE = "search.json"
-BEST_FILE = "best.json"
-HISTORY_FILE = "history.json"
-LOCK_FILE = ".search.lock"
-TPE_STARTUP_TRIALS = 4
-PRUNER_STARTUP_TRIALS = 3
+import optuna
+from optuna.trial import TrialState
+from rnnserve.train.report import write_report
+from rnnserve.train.search.collect import collect
+from rnnserve.train.search.settings import (
+    BEST_FILE,
+    HISTORY_FILE,
+    LOCK_FILE,
+    PRUNER_STARTUP_TRIALS,
+    SETTINGS_FILE,
+    STUDY_FILE,
+    TPE_STARTUP_TRIALS,
+    SearchConfig,
+    SearchError,
+    best_dir,
+    trial_dir,
+)
+from rnnserve.train.search.trial import prepare, run_trial
 
 
 @dataclass
@@ -73,9 +76,6 @@ class SearchOutcome:
 
 def run_search(config: SearchConfig) -> SearchOutcome:
     """Run or resume the studies, then measure the best models and write the report."""
-    import optuna
-    from rnnserve.train import search_trial
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
     load_average_start = os.getloadavg()[0]
     with _exclusive(out):
         _check_settings(out, config)
-        prepared = search_trial.prepare(config)  # bad data fails here, before anything is written
+        prepared = prepare(config)  # bad data fails here, before anything is written
         _store_settings(out, config)
         studies = {cell: _open_study(out, cell, config) for cell in config.cells}
         ran = dict.fromkeys(config.cells, 0)
@@ -97,7 +97,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
                         break
                     study = _reseed(studies[cell], cell, out, config)
                     studies[cell] = study
-                    search_trial.run_trial(study, cell, config, prepared, out)
+                    run_trial(study, cell, config, prepared, out)
                     ran[cell] += 1
                     _sync_best(out, cell, study)
             outcome = "timed out" if timed_out else "complete"
@@ -109,13 +109,9 @@ def run_search(config: SearchConfig) -> SearchOutcome:
         for cell, study in studies.items():
             _sync_best(out, cell, study)
         finished = {cell: _finished(study) for cell, study in studies.items()}
-
-        from rnnserve.train.search_collect import collect
-
         results = collect(config, studies, prepared, out, ran=ran, started=started,
-                          timed_out=timed_out, load_average_start=load_average_start)
-        from rnnserve.train.report import write_report
-
+                          timed_out=timed_out, history=read_history(out),
+                          load_average_start=load_average_start)
         report = write_report(results, out)
     return SearchOutcome(out, report, results, ran, finished, timed_out)
 
@@ -128,8 +124,6 @@ def read_history(out: Path) -> list[dict[str, Any]]:
 
 def _record_history(out: Path, started: float, load_average_start: float, ran: dict[str, int],
                     outcome: str) -> None:
-    from datetime import UTC, datetime
-
     entry = {
         "started_at": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "trial_phase_seconds": time.time() - started, "ran": dict(ran), "outcome": outcome,
@@ -148,22 +142,15 @@ def _storage_url(out: Path) -> str:
 
 
 def _sampler(seed: int):
-    import optuna
-
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=TPE_STARTUP_TRIALS)
 
 
 def _pruner():
-    import optuna
-
     return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0)
 
 
 def _open_study(out: Path, cell: str, config: SearchConfig):
     """Load or create the cell's study and fail trials an interrupted run left RUNNING."""
-    import optuna
-    from optuna.trial import TrialState
-
     study = optuna.create_study(
         storage=_storage_url(out), study_name=cell, direction="maximize",
         sampler=_sampler(config.seed), pruner=_pruner(), load_if_exists=True,
@@ -175,8 +162,6 @@ def _open_study(out: Path, cell: str, config: SearchConfig):
 
 def _reseed(study, cell: str, out: Path, config: SearchConfig):
     """The same study with a sampler seeded ``seed + finished trials`` (see invariants)."""
-    import optuna
-
     return optuna.load_study(
         study_name=cell, storage=_storage_url(out),
         sampler=_sampler(config.seed + _finished(study)), pruner=_pruner(),
@@ -184,8 +169,6 @@ def _reseed(study, cell: str, out: Path, config: SearchConfig):
 
 
 def _finished(study) -> int:
-    from optuna.trial import TrialState
-
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
@@ -265,18 +248,8 @@ def _check_settings(out: Path, config: SearchConfig) -> None:
 # --------------------------------------------------------------------------- best checkpoints
 
 
-def trial_dir(out: Path, cell: str, number: int) -> Path:
-    return out / "trials" / f"{cell}-{number:03d}"
-
-
-def best_dir(out: Path, cell: str) -> Path:
-    return out / f"best-{cell}"
-
-
 def _sync_best(out: Path, cell: str, study) -> None:
     """Make ``best-<cell>/`` a copy of the best completed trial's checkpoint (idempotent)."""
-    from optuna.trial import TrialState
-
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return
     best = study.best_trial
@@ -301,11 +274,3 @@ def _sync_best(out: Path, cell: str, study) -> None:
     temporary = record_path.with_suffix(".tmp")
     temporary.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(temporary, record_path)
-
-
-def size_of(cell: str, params: dict[str, Any], vocab_size: int, num_labels: int) -> dict[str, int]:
-    """Exact parameter breakdown of a trial's model."""
-    return model_parameters(
-        cell, vocab_size=vocab_size, embed_dim=int(params["embed_dim"]),
-        hidden=int(params["hidden"]), layers=int(params["layers"]), num_labels=num_labels,
-    ).as_dict()
