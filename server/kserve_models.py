@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2
 
+from rnnserve.repository import set_config_parameter
+
 from .catalog import ModelView
 
 INPUT_TEXT = "TEXT"
@@ -135,9 +137,9 @@ def served_config(
     _drop_oversized(config, max_batch_size)
 
     if chunk_length is not None:
-        config.parameters["rnnserve.chunk_length"].string_value = str(chunk_length)
-    config.parameters["rnnserve.kserve.flavour"].string_value = view.flavour
-    config.parameters["rnnserve.kserve.model"].string_value = view.base
+        set_config_parameter(config, "chunk_length", chunk_length)
+    set_config_parameter(config, "kserve.flavour", view.flavour)
+    set_config_parameter(config, "kserve.model", view.base)
     return config
 
 

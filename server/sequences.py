@@ -28,6 +28,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 
+from rnnserve.architecture import STATE_ITEM_BYTES
+
 from .errors import AlreadyExists, NotFound, ResourceExhausted
 from .quota import ANONYMOUS, SequenceQuota
 from .state_pool import StatePool
@@ -68,7 +70,7 @@ class SequenceStore:
         self.evict_idle = evict_idle
         self.telemetry = telemetry
         self.pool = StatePool(state_count, capacity, state_shape)
-        self.state_bytes = state_count * state_shape[0] * state_shape[1] * 4
+        self.state_bytes = state_count * state_shape[0] * state_shape[1] * STATE_ITEM_BYTES
         self._open: OrderedDict[Hashable, SequenceState] = OrderedDict()   # LRU first
         self._free = list(range(capacity - 1, -1, -1))                     # pop() -> 0, 1, ...
         self._recent: OrderedDict[Hashable, str] = OrderedDict()
