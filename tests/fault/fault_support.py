@@ -38,7 +38,15 @@ WORDS = ["good", "great", "fine", "awful", "bad", "boring", "fun", "movie", "fil
 #: How far a case got, by the status it ended with: the model lookup (NOT_FOUND), request
 #: validation (INVALID_ARGUMENT), the engine (admission, sequences, state: anything else), or
 #: a full answer (OK).
-DEPTH = {"NOT_FOUND": "lookup", "INVALID_ARGUMENT": "validation", "OK": "answered"}
+DEPTH = {"INVALID_ARGUMENT": "validation", "OK": "answered"}
+
+
+def depth_of(code: S, details: str) -> str:
+    """How far a case got: the model lookup (an unknown model or version), validation, the
+    engine (queues, sequences, ORT) or a full answer."""
+    if code == S.NOT_FOUND and "Request for unknown model" in details:
+        return "lookup"
+    return DEPTH.get(code.name, "engine")
 
 
 class StatusTally:
@@ -47,6 +55,7 @@ class StatusTally:
     def __init__(self, title: str) -> None:
         self.title = title
         self.counts: Counter = Counter()
+        self.depths: Counter = Counter()
         self.cases: Counter = Counter()
         self.bad: list[tuple[str, S, str, object]] = []
         self._lock = threading.Lock()
@@ -58,6 +67,7 @@ class StatusTally:
     def record(self, api: str, code: S, details: str = "", example: object = None) -> S:
         with self._lock:
             self.counts[(api, code.name)] += 1
+            self.depths[(api, depth_of(code, details or ""))] += 1
             if code not in DOCUMENTED and len(self.bad) < 20:
                 self.bad.append((api, code, details, _short(example)))
         return code
@@ -69,13 +79,9 @@ class StatusTally:
             statuses = ", ".join(f"{code}={n}" for (a, code), n in sorted(self.counts.items())
                                  if a == api)
             lines.append(f"   {api}: {self.cases[api]} cases; {statuses}")
-            depth = Counter()
-            for (a, code), n in self.counts.items():
-                if a == api:
-                    depth[DEPTH.get(code, "engine")] += n
             lines.append(f"   {api} depth: " + ", ".join(
-                f"{stage}={depth[stage]}" for stage in ("lookup", "validation", "engine",
-                                                         "answered") if depth[stage]))
+                f"{stage}={self.depths[(api, stage)]}" for stage in (
+                    "lookup", "validation", "engine", "answered") if self.depths[(api, stage)]))
         for api, code, details, example in self.bad:
             lines.append(f"   UNDOCUMENTED {api} {code.name}: {details!r} for {example}")
         return "\n".join(lines)
