@@ -1,0 +1,91 @@
+"""Docs as tests: every example in README.md, train/DATA.md and docs/ runs (issue #15).
+
+The marker scheme, what runs and how, is defined in tests/docs/doc_blocks.py. A doc whose
+example no longer works, names a model the demo does not serve, or prints something other
+than the output it shows fails here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+
+import pytest
+import yaml
+from doc_blocks import ROOT, DocError, doc_files, parse
+from doc_session import DocSession, clone_layout, output_differs
+
+DOCS = doc_files()
+
+
+def _has_examples(path: str) -> bool:
+    try:
+        return any(block.runs for block in parse(path))
+    except DocError:
+        return True         # test_doc_examples_run reports it too
+
+
+DOCS_WITH_EXAMPLES = [path for path in DOCS if _has_examples(path)]
+
+
+@pytest.mark.parametrize("path", DOCS)
+def test_every_block_says_what_it_is(path):
+    blocks = parse(path)      # raises DocError naming the block that breaks the scheme
+    for block in blocks:
+        assert block.text.strip(), f"{block.where}: empty block"
+
+
+@pytest.mark.parametrize("path", DOCS)
+def test_json_and_yaml_blocks_parse(path):
+    for block in parse(path):
+        if block.info == "json":
+            json.loads(block.text)
+        elif block.info == "yaml":
+            yaml.safe_load(block.text)
+
+
+def test_make_demo_is_rnnserve_demo():
+    """The docs' servers are started with ``rnnserve demo``, the command ``make demo`` runs
+    after installing; this keeps the two the same."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe is not None and recipe[1].split() == ["$(BIN)/rnnserve", "demo"], recipe
+
+
+def test_architecture_lists_the_server_modules_as_they_are():
+    """docs/architecture.md's module table names every server/*.py, and nothing else."""
+    table = next(block for block in parse("docs/architecture.md")
+                 if "server/settings.py" in block.text)
+    listed = []
+    for line in table.text.splitlines():
+        first = re.split(r"\s{2,}", line.strip())[0]
+        if first.startswith("server/"):
+            listed += [name if name.startswith("server/") else f"server/{name}"
+                       for name in re.split(r",\s*", first)]
+    modules = sorted(f"server/{p.name}" for p in (ROOT / "server").glob("*.py")
+                     if p.name != "__init__.py")
+    unlisted = [m for m in modules if not any(fnmatch.fnmatch(m, pattern) for pattern in listed)]
+    missing = [p for p in listed if not any(fnmatch.fnmatch(m, p) for m in modules)]
+    assert not unlisted, f"docs/architecture.md does not list {unlisted}"
+    assert not missing, f"docs/architecture.md lists modules that do not exist: {missing}"
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", DOCS_WITH_EXAMPLES)
+def test_doc_examples_run(path, demo_layout, tmp_path):
+    session = DocSession(clone_layout(tmp_path / "clone", demo_layout.root))
+    last = None
+    try:
+        for block in parse(path):
+            if block.marker == "server":
+                session.start_server(block)
+            elif block.runs:
+                last = session.run(block)
+                assert last.code == 0, last.report() + "\n--- server log\n" + \
+                    session.server_log()[-3000:]
+            elif block.marker == "output" and demo_layout.real:
+                difference = output_differs(block, last)
+                assert difference is None, difference
+    finally:
+        session.close()
