@@ -76,7 +76,12 @@ class DocError(ValueError):
 
 def parse(path: str) -> list[Block]:
     """Every fenced block of ``path`` (relative to the root), validated against the scheme."""
-    lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
+    return parse_text(path, (ROOT / path).read_text(encoding="utf-8"))
+
+
+def parse_text(path: str, markdown: str) -> list[Block]:
+    """:func:`parse` for markdown already read; ``path`` only names it in errors."""
+    lines = markdown.splitlines()
     blocks: list[Block] = []
     i = 0
     while i < len(lines):

@@ -8,12 +8,18 @@ than the output it shows fails here.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 from doc_blocks import ROOT, DocError, doc_files, parse
+from doc_commands import stale_references
 from doc_session import DocSession, clone_layout, output_differs
 
 DOCS = doc_files()
@@ -43,6 +49,33 @@ def test_json_and_yaml_blocks_parse(path):
             json.loads(block.text)
         elif block.info == "yaml":
             yaml.safe_load(block.text)
+
+
+@functools.cache
+def _help(program: tuple[str, ...]) -> str:
+    """What documents ``program``'s flags: its ``--help``, or a script's source."""
+    if program[0] == "script":
+        script = ROOT / program[1]
+        return script.read_text() if script.is_file() else ""
+    if program[0] == "rnnserve":
+        argv = [str(Path(sys.executable).parent / "rnnserve"), *program[1:]]
+    else:
+        argv = [sys.executable, *program[1:]]
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"}
+    done = subprocess.run([*argv, "--help"], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 0, f"{' '.join(program)} --help: {done.stderr[-2000:]}"
+    return done.stdout
+
+
+@pytest.mark.parametrize("path", DOCS)
+def test_illustrative_commands_name_what_exists(path):
+    """Illustrative blocks do not run, but their flags, make targets and scripts exist."""
+    makefile = (ROOT / "Makefile").read_text()
+    problems = [problem for block in parse(path)
+                if block.marker == "illustrative" and block.info in ("bash", "sh")
+                for problem in stale_references(block, ROOT, makefile, _help)]
+    assert not problems, "\n".join(problems)
 
 
 def test_make_demo_is_rnnserve_demo():
