@@ -104,6 +104,27 @@ def test_architecture_lists_the_server_modules_as_they_are():
     assert not missing, f"docs/architecture.md lists modules that do not exist: {missing}"
 
 
+def _layout_block(prefix: str) -> set[str]:
+    block = next(b for b in parse("docs/architecture.md") if b.text.startswith(prefix))
+    return {line.split()[0].removeprefix(prefix) for line in block.text.splitlines()}
+
+
+def test_architecture_layouts_are_what_train_and_export_write(demo_layout):
+    """docs/architecture.md's checkpoint and repository listings, and its config.json
+    example, against the files the demo's checkpoint and repository hold."""
+    from rnnserve.demo import DEMO_NAMES
+
+    checkpoint = demo_layout.root / "runs" / "demo" / "lstm"
+    model = demo_layout.root / "model_repository" / DEMO_NAMES["lstm"]
+    assert _layout_block("<ckpt>/") == {p.name for p in checkpoint.iterdir()}
+    written = {str(p.relative_to(model)).replace("1/", "<version>/", 1)
+               for p in model.rglob("*") if p.is_file()}
+    assert _layout_block("<repo>/<model>/") == written
+    example = next(b for b in parse("docs/architecture.md") if b.info == "json")
+    assert json.loads(example.text).keys() == json.loads(
+        (checkpoint / "config.json").read_text()).keys()
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", DOCS_WITH_EXAMPLES)
 def test_doc_examples_run(path, demo_layout, tmp_path):
