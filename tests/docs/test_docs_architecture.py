@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import inspect
 import json
 import re
 
@@ -48,3 +50,41 @@ def test_architecture_layouts_are_what_train_and_export_write(demo_layout):
     example = next(b for b in parse("docs/architecture.md") if b.info == "json")
     assert json.loads(example.text).keys() == json.loads(
         (checkpoint / "config.json").read_text()).keys()
+
+
+def _sketched_classes() -> dict[str, str]:
+    """Class name -> its part of the interface sketches (illustrative python blocks)."""
+    classes = {}
+    for block in parse("docs/architecture.md"):
+        if block.info == "python" and block.marker == "illustrative":
+            for part in re.split(r"^(?=class )", block.text, flags=re.MULTILINE):
+                if part.startswith("class "):
+                    classes[re.match(r"class (\w+)", part)[1]] = part
+    return classes
+
+
+def _server_class(name: str):
+    for path in sorted((ROOT / "server").glob("*.py")):
+        if re.search(rf"^class {name}\b", path.read_text(), re.MULTILINE):
+            return getattr(importlib.import_module(f"rnnserve.server.{path.stem}"), name)
+    raise AssertionError(f"docs/architecture.md sketches class {name}; server/ has none")
+
+
+@pytest.mark.parametrize("name", sorted(_sketched_classes()))
+def test_architecture_sketches_name_real_methods_and_fields(name):
+    """Each sketched method exists (async where the sketch says so) and takes the parameters
+    the sketch names; each sketched field is one the class has."""
+    sketch, cls = _sketched_classes()[name], _server_class(name)
+    source = inspect.getsource(cls)
+    for is_async, method, params in re.findall(r"(async\s+)?def\s+(\w+)\s*\(([^)]*)\)", sketch):
+        real = getattr(cls, method, None)
+        assert real is not None, f"{name}.{method} does not exist"
+        assert bool(is_async) == inspect.iscoroutinefunction(real), f"{name}.{method} async?"
+        named = {m[1] for p in params.split(",") if (m := re.match(r"\s*\**(\w+)", p))}
+        missing = named - {"self"} - set(inspect.signature(real).parameters)
+        assert not missing, f"{name}.{method} has no parameters {sorted(missing)}"
+    body = re.sub(r"(async\s+)?def\s+\w+\s*\([^)]*\)[^\n]*", "", sketch.split("\n", 1)[1])
+    for field in re.findall(r"(?:^|;)\s*(\w+):", body, re.MULTILINE):
+        known = (field in getattr(cls, "__dataclass_fields__", {}) or hasattr(cls, field)
+                 or f"self.{field} =" in source or f"self.{field}:" in source)
+        assert known, f"{name}.{field} is not a field of {cls.__module__}.{name}"
