@@ -77,6 +77,25 @@ def offline(tiny_repository):
     return {name: Offline(tiny_repository, name) for name in TINY_MODEL_NAMES.values()}
 
 
+@pytest.fixture(scope="session")
+def demo_outputs(tmp_path_factory) -> Path:
+    """A directory after the real ``rnnserve demo --no-serve`` ran in it with its defaults:
+    ``runs/demo/{lstm,gru}`` and ``model_repository/{sentiment-lstm,sentiment-gru}``.
+
+    It downloads the demo's corpus on first use and trains for minutes, so only slow tests
+    (RNNSERVE_SLOW=1) ask for it; tests/train/test_demo_reviews.py and the docs test share it.
+    """
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("demo")
+    command = [sys.executable, "-m", "rnnserve.cli", "demo", "--no-serve"]
+    completed = subprocess.run(command, cwd=work, capture_output=True, text=True,
+                               timeout=1200, check=False)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return work
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Print the figures fault tests reported (tests/figures.py), if any ran."""
     from figures import LINES

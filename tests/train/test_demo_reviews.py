@@ -15,8 +15,6 @@ sets it).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import grpc
 import pytest
@@ -71,17 +69,9 @@ def test_the_sentences_are_balanced_and_distinct():
 
 
 @pytest.fixture(scope="module")
-def demo_repository(tmp_path_factory):
-    """What ``rnnserve demo --no-serve`` writes, from the real command in a subprocess."""
-    work = tmp_path_factory.mktemp("demo")
-    repository = work / "model_repository"
-    command = [
-        sys.executable, "-m", "rnnserve.cli", "demo", "--no-serve",
-        "--out", str(work / "runs"), "--repository", str(repository),
-    ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return repository
+def demo_repository(demo_outputs):
+    """What ``rnnserve demo --no-serve`` writes (tests/conftest.py runs the real command)."""
+    return demo_outputs / "model_repository"
 
 
 @pytest.fixture(scope="module")
