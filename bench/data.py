@@ -6,11 +6,16 @@ Every system in a run is fed the same list, in the same order, so their numbers 
 from __future__ import annotations
 
 import csv
+import os
 import random
 from pathlib import Path
 
-#: Where the shared SST-2 dev split lives (sentence text in column ``content``).
-DEFAULT_DEV_TSV = Path("/work/shared/data/sst2/dev.tsv")
+#: GLUE's SST-2 (``train.tsv``, ``dev.tsv``; text in column ``sentence``): the folder
+#: ``RNNSERVE_SST2_DIR`` names, else ``shared/data/sst2`` beside the clone. Benchmarks use it
+#: when it is there and fall back to generated sentences when it is not.
+SST2_DIR = Path(os.environ.get("RNNSERVE_SST2_DIR")
+                or Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2")
+DEFAULT_DEV_TSV = SST2_DIR / "dev.tsv"
 
 _VOCABULARY = """
     the film movie story acting plot is was a an and but not very really quite too

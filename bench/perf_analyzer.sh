@@ -14,7 +14,7 @@
 # `apt-get download` are the only network accesses.
 #
 # Input data: real sentences from SST-2 dev ($RNNSERVE_SST2_DEV, default
-# /work/shared/data/sst2/dev.tsv) when present, else the shipped bench/perf_data/*.json.
+# ../shared/data/sst2/dev.tsv beside the clone) when present, else the shipped bench/perf_data/*.json.
 # Stateless mode sends one sentence per row; sequence mode streams each sentence in chunks of
 # $CHUNK_WORDS words, one chunk per request, with sequence_start/sequence_end set by
 # perf_analyzer.
@@ -26,7 +26,7 @@ PA_DIR="$TOOLS/perf_analyzer"
 PA_BIN="$PA_DIR/bin/perf_analyzer"
 TRITONCLIENT_VERSION="2.51.0"
 CUDART_VERSION="12.9.79"
-SST2_DEV="${RNNSERVE_SST2_DEV:-/work/shared/data/sst2/dev.tsv}"
+SST2_DEV="${RNNSERVE_SST2_DEV:-$ROOT/../shared/data/sst2/dev.tsv}"
 DATA_DIR="${RNNSERVE_PERF_DATA_DIR:-$ROOT/.cache/perf_data}"
 CHUNK_WORDS="${CHUNK_WORDS:-6}"
 

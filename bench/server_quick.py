@@ -34,10 +34,11 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from rnnserve.bench.data import SST2_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
-SST2_TRAIN = Path("/work/shared/data/sst2/train.tsv")
+SST2_DEV = SST2_DIR / "dev.tsv"
+SST2_TRAIN = SST2_DIR / "train.tsv"
 
 
 # -- inputs ---------------------------------------------------------------------------------
