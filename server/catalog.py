@@ -41,7 +41,7 @@ from tritonclient.grpc import model_config_pb2
 
 from rnnserve.repository import config_parameters
 
-from .errors import InvalidArgument, NotFound, Unavailable
+from .errors import InvalidArgument, NotFound, ServingError, Unavailable
 from .settings import ServerSettings
 
 #: Suffix of the name of a model's stateful (sequence) flavour.
@@ -164,6 +164,7 @@ class ModelDirectory:
         self._status: dict[tuple[str, str], tuple[str, str]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.default_model = ""
+        self.telemetry = None         # a ServerTelemetry, where requests are reported
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every change of the served versions or their states."""
@@ -242,11 +243,23 @@ class ModelDirectory:
                   if self._streams(name) and name + STREAM_SUFFIX not in self._latest]
         return sorted(views, key=lambda view: view.name)
 
-    def lookup(self, name: str, version: str = "", *, default: bool = False):
+    def lookup(self, name: str, version: str = "", *, default: bool = False,
+               request: tuple[str, str] | None = None):
         """(view, engine) for a client's model ``name`` and ``version`` ("" = latest).
 
         ``default``: an empty name means the default model (text API); else it is unknown.
+        ``request``: (api, kind) of the inference request this lookup is for; one that fails
+        here is counted in ``rnnserve_unrouted_requests_total`` (no model took it).
         """
+        try:
+            return self._lookup(name, version, default)
+        except ServingError as error:
+            if request is not None and self.telemetry is not None:
+                self.telemetry.request_unrouted(api=request[0], kind=request[1],
+                                                code=error.code)
+            raise
+
+    def _lookup(self, name: str, version: str, default: bool):
         if not name and default:
             if not self.default_model:
                 raise InvalidArgument("no model named and the server has no default model; "

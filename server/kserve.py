@@ -194,7 +194,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _stream_one(self, request, context) -> service_pb2.ModelStreamInferResponse:
         """One stream request's answer; a failure is answered, never raised."""
         try:
-            response = await self._infer(request, context)
+            response = await self._infer(request, context, kind="stream")
             return service_pb2.ModelStreamInferResponse(infer_response=response)
         except ServingError as exc:
             return _stream_error(request, exc.message)
@@ -204,10 +204,13 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             log.exception("kserve stream request failed")
             return _stream_error(request, f"internal error: {type(exc).__name__}")
 
-    async def _infer(self, request, context=None) -> service_pb2.ModelInferResponse:
-        """One request; ``context`` (None in-process) names who a sequence step charges."""
+    async def _infer(self, request, context=None, *, kind: str = "unary"
+                     ) -> service_pb2.ModelInferResponse:
+        """One request; ``context`` (None in-process) names who a sequence step charges;
+        ``kind``: the call's, for a request no model takes (ModelStreamInfer: "stream")."""
         started = time.perf_counter()
-        view, engine = self._models.lookup(request.model_name, request.model_version)
+        view, engine = self._models.lookup(request.model_name, request.model_version,
+                                           request=(API, kind))
         served = ServedShape(view=view, max_batch_size=self._models.max_batch_size(engine),
                              num_labels=len(engine.labels), labels=tuple(engine.labels))
         try:

@@ -40,9 +40,10 @@ class ServedModels:
     def versions(self, base: str) -> list[str]:
         return list(self._registry.versions(base))
 
-    def lookup(self, name: str, version: str):
-        """(view, engine) for a KServe model name and version ("" = the latest)."""
-        return self._registry.lookup(name, version)
+    def lookup(self, name: str, version: str, *, request: tuple[str, str] | None = None):
+        """(view, engine) for a KServe model name and version ("" = the latest);
+        ``request``: (api, kind) of an inference request (counted when no model takes it)."""
+        return self._registry.lookup(name, version, request=request)
 
     def sequence_engine(self, view: ModelView, version: str, sequence_id, start: bool):
         """The engine (or front-end handle) a sequence step of ``view`` goes to."""

@@ -222,9 +222,10 @@ class RemoteRegistry(ModelDirectory):
             if self.telemetry is not None else None
         return RemoteEngine(entry, self.link, telemetry)
 
-    def lookup(self, name: str, version: str = "", *, default: bool = False):
+    def lookup(self, name: str, version: str = "", *, default: bool = False,
+               request: tuple[str, str] | None = None):
         """The directory's rule; without a version, a floating handle (module doc)."""
-        view, engine = super().lookup(name, version, default=default)
+        view, engine = super().lookup(name, version, default=default, request=request)
         if version in ("", "0"):
             engine = self._floating.get((engine.name, engine.version), engine)
         return view, engine

@@ -196,7 +196,15 @@ class _Families:
         # left out of the view.
         self.provider = gauge(_PROVIDER_INFO, "ONNX Runtime execution provider in use.",
                               "livemax", ("provider",))
-        self.all = [value for value in vars(self).values() if hasattr(value, "collect")]
+        #: The per-model families (labelled model, version first).
+        self.per_model = [value for value in vars(self).values() if hasattr(value, "collect")]
+        # The one family without a model: requests no served version took.
+        self.unrouted = Counter(
+            "rnnserve_unrouted_requests",
+            "Inference requests no served version took (unknown model or version, no "
+            "default model, version not ready), by API, call kind and gRPC status.",
+            ("api", "kind", "code"), registry=None)
+        self.all = [*self.per_model, self.unrouted]
         #: Families statistics() reads (others are skipped when collecting in-process).
         self.for_statistics = [self.duration, self.texts, self.queue, self.batch_executions,
                                self.batch_compute, self.last_inference]
@@ -577,6 +585,7 @@ class ServerTelemetry:
         self._families = _Families(enabled)
         self.registry = CollectorRegistry(auto_describe=False)
         self._models: dict[tuple[str, str], ModelTelemetry] = {}
+        self._unrouted: dict[tuple[str, str, str], object] = {}
         self._lock = threading.Lock()
         if enabled:
             self.registry.register(_View(self))
@@ -607,12 +616,25 @@ class ServerTelemetry:
         labels = {"model": name, "version": str(version)}
         with warnings.catch_warnings():  # prometheus_client warns if the env var is set
             warnings.simplefilter("ignore")
-            for metric in self._families.all:
+            for metric in self._families.per_model:
                 metric.remove_by_labels(labels)
 
     def models(self) -> list[ModelTelemetry]:
         with self._lock:
             return list(self._models.values())
+
+    def request_unrouted(self, *, api: str, kind: str, code: object) -> None:
+        """One inference request refused before any model version took it."""
+        try:
+            labels = (api, kind, _code_name(code))
+            counter = self._unrouted.get(labels)
+            if counter is None:
+                with self._lock:
+                    counter = self._unrouted.setdefault(labels, _child(
+                        self._families.unrouted, self._value_class, labels))
+            counter.inc()
+        except Exception:  # never let telemetry break a request
+            log.exception("telemetry.request_unrouted failed")
 
     def exposition(self) -> bytes:
         """The text exposition format of this server's registry (what /metrics serves)."""

@@ -59,16 +59,18 @@ class SentimentServicer:
         self.settings = settings
         self.drain = drain
 
-    def _engine(self, request):
-        """The engine a request's model/version names (the server's lookup rule)."""
+    def _engine(self, request, kind: str | None = None):
+        """The engine a request's model/version names (the server's lookup rule); ``kind``
+        ("unary"/"stream") for an inference request, counted when no model takes it."""
         return self.registry.lookup(decode(request.model, "model"),
-                                    decode(request.version, "version"), default=True)[1]
+                                    decode(request.version, "version"), default=True,
+                                    request=None if kind is None else ("text", kind))[1]
 
     # -- unary --------------------------------------------------------------------------
 
     async def Classify(self, request, context: aio.ServicerContext) -> bytes:
         try:
-            engine = self._engine(request)
+            engine = self._engine(request, "unary")
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
         except ServingError as error:
             await context.abort(error.code, error.message)
@@ -187,7 +189,7 @@ class SentimentServicer:
         if first and resume:
             return await self._resume(request, stream, text, resume)
         if first:
-            stream.engine = self._engine(request)
+            stream.engine = self._engine(request, "stream")
             stream.key = stream.engine.new_sequence_id()
         elif request.model or request.version:
             engine = stream.engine

@@ -97,3 +97,32 @@ def test_no_metrics_switch_starts_no_endpoint_but_keeps_statistics(tiny_reposito
         stats = handle.registry.get(LSTM).telemetry.statistics()
         assert stats.inference_stats.success.count == 1
         assert stats.inference_count == 2
+
+
+def test_requests_no_model_took_are_counted(tiny_repository):
+    """An unknown model or version on either API is refused before any engine and counted in
+    rnnserve_unrouted_requests_total{api, kind, code}; metadata calls are not requests."""
+    with start_server(tiny_repository, metrics_host="127.0.0.1", metrics_port=0) as server:
+        with server.channel() as channel:
+            text = sentiment_pb2_grpc.SentimentStub(channel)
+            kserve = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for call in (
+                lambda: text.Classify(pb.ClassifyRequest(texts=["good"], model="nope")),
+                lambda: text.Classify(pb.ClassifyRequest(texts=["good"], model=GRU,
+                                                         version="9")),
+                lambda: list(text.StreamClassify(iter([pb.StreamClassifyRequest(
+                    text="good", model="nope")]))),
+                lambda: kserve.ModelInfer(service_pb2.ModelInferRequest(model_name="nope")),
+                lambda: text.GetModelMetadata(pb.GetModelMetadataRequest(model="nope")),
+            ):
+                try:
+                    call()
+                    raise AssertionError("an unknown model was answered")
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.NOT_FOUND
+        found = samples(f"http://127.0.0.1:{server.server.metrics_port}/metrics")
+    name = "rnnserve_unrouted_requests_total"
+    assert total(found, name, api="text", kind="unary", code="NOT_FOUND") == 2
+    assert total(found, name, api="text", kind="stream", code="NOT_FOUND") == 1
+    assert total(found, name, api="kserve", kind="unary", code="NOT_FOUND") == 1
+    assert total(found, name) == 4

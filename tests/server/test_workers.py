@@ -183,6 +183,12 @@ def test_statistics_and_metrics_are_totals_over_workers(workers_server):
                 if line.startswith(b"rnnserve_requests_total{") and b'model="tiny-gru"' in line
                 and b'code="OK"' in line)
     assert total >= before + sent
+    for _ in range(3):              # refused by the front-ends, never sent to the engine
+        with workers_server.channel(OWN_CONNECTION) as channel, pytest.raises(grpc.RpcError):
+            _stub(channel).Classify(pb.ClassifyRequest(texts=["good"], model="nope"))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    assert sum(float(line.rsplit(b" ", 1)[1]) for line in body.splitlines()
+               if line.startswith(b"rnnserve_unrouted_requests_total{")) == 3
 
 
 @pytest.mark.skipif(not PERF_ANALYZER.is_file(), reason="perf_analyzer not installed")
