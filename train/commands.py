@@ -100,6 +100,17 @@ def train_command(
         float,
         typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)."),
     ] = _default("adversarial_eps"),
+    teacher: Annotated[
+        list[Path] | None,
+        typer.Option(help="Distillation: a trained checkpoint to learn soft targets from "
+                     "(repeat for an ensemble)."),
+    ] = None,
+    distill_alpha: Annotated[
+        float, typer.Option(help="Weight of the teacher's soft targets (1 - it: the labels).")
+    ] = _default("distill_alpha"),
+    distill_temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of the distillation loss.")
+    ] = _default("distill_temperature"),
     ema_decay: Annotated[
         float, typer.Option(help="Decay of the weights' moving average (0 = off).")
     ] = _default("ema_decay"),
@@ -127,6 +138,7 @@ def train_command(
 
     cells = parse_cells(cell)
     options = {k: v for k, v in locals().items() if k in TrainConfig.model_fields and k != "cell"}
+    options["teacher"] = teacher or []
     try:
         configs = [
             TrainConfig(**{**options, "cell": c, "out": out if len(cells) == 1 else out / c})

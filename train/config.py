@@ -58,6 +58,18 @@ class TrainConfig(BaseModel):
         description="adversarial training on the embeddings (Miyato et al., 2016): L2 size of "
         "the per-text perturbation along the loss gradient; 0 disables it (twice the compute)",
     )
+    teacher: list[Path] = Field(
+        default_factory=list,
+        description="distillation: trained checkpoint directories whose soft targets the "
+        "student also learns (several: an ensemble, their probabilities averaged); "
+        "empty disables it",
+    )
+    distill_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="weight of the teacher's soft-target loss (1 - it: labels)"
+    )
+    distill_temperature: float = Field(
+        2.0, gt=0.0, description="softmax temperature of teacher and student in the soft-target loss"
+    )
     # optimisation
     lr: float = Field(2e-3, gt=0.0, description="peak AdamW learning rate")
     lr_schedule: Literal["constant", "linear"] = Field(

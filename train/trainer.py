@@ -34,6 +34,7 @@ from rnnserve.train.batching import bucketed_batches, collate, encode_texts, sor
 from rnnserve.train.checkpoint import save_checkpoint
 from rnnserve.train.config import Cell, TrainConfig
 from rnnserve.train.data import load_labelled_texts
+from rnnserve.train.distill import distillation_loss, soft_targets
 from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
 from rnnserve.train.model import ModelSpec, SentimentRNN, count_parameters
 from rnnserve.train.splits import Splits, split_train_validation
@@ -193,6 +194,12 @@ def _train(
     step = _TrainStep(model, optimizer, scheduler, averaged, config.clip_norm, device)
     step.word_dropout = config.effective_word_dropout
     step.adversarial_eps = config.adversarial_eps
+    step.distill_alpha, step.distill_temperature = config.distill_alpha, config.distill_temperature
+    train_soft = (
+        soft_targets(config.teacher, prepared.splits.train.texts, labels, config.distill_temperature)
+        if config.teacher
+        else None
+    )
     batch_rng = np.random.default_rng(config.seed)
     train_labels = torch.tensor(prepared.splits.train.labels, dtype=torch.int64)
     val_labels = np.asarray(prepared.splits.validation.labels)
@@ -219,7 +226,8 @@ def _train(
         try:
             for number, batch in enumerate(progress, start=1):
                 ids, lengths = collate([prepared.train_ids[i] for i in batch])
-                loss, batch_correct = step(ids, lengths, train_labels[batch])
+                soft = train_soft[batch] if train_soft is not None else None
+                loss, batch_correct = step(ids, lengths, train_labels[batch], soft)
                 loss_sum += loss * len(batch)
                 correct += batch_correct
                 seen += len(batch)
@@ -310,7 +318,8 @@ class _TrainStep:
     With ``adversarial_eps > 0`` the step also trains on an adversarial copy of the batch
     (Miyato et al., 2016): each text's embedded sequence is moved by ``adversarial_eps``
     (L2 over the whole sequence) along the gradient of the loss, and the loss there is
-    added to the clean loss. Only training changes; the model and its contract do not.
+    added to the clean loss. With soft targets (``train.distill``) both losses are the
+    distillation loss. Only training changes; the model and its contract do not.
     """
 
     def __init__(
@@ -329,12 +338,22 @@ class _TrainStep:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.word_dropout = 0.0
         self.adversarial_eps = 0.0
+        self.distill_alpha, self.distill_temperature = 0.0, 1.0
+        self.soft: torch.Tensor | None = None  # the current batch's soft targets
 
     def __call__(
-        self, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: torch.Tensor,
+        soft: torch.Tensor | None = None,
     ) -> tuple[float, int]:
-        """Returns (mean loss, correct predictions) of the batch before the update."""
+        """Returns (mean loss, correct predictions) of the batch before the update.
+
+        ``soft``: the teacher's soft targets for the batch (distillation), or None.
+        """
         targets = targets.to(self.device)
+        self.soft = soft.to(self.device) if soft is not None else None
         if self.word_dropout > 0:
             # Word dropout: hide random real tokens behind [UNK] so no phrase is memorised.
             hidden = (torch.rand(ids.shape) < self.word_dropout) & (ids != PAD_ID)
@@ -346,7 +365,7 @@ class _TrainStep:
         else:
             with self._autocast():
                 logits, _ = self.model(ids, lengths)
-            loss = nn.functional.cross_entropy(logits.float(), targets)
+            loss = self._loss(logits, targets)
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
@@ -356,6 +375,14 @@ class _TrainStep:
         if self.averaged is not None:
             self.averaged.update(self.model)
         return loss.item(), int((logits.argmax(dim=1) == targets).sum())
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, or the distillation loss when the batch has soft targets."""
+        if self.soft is None:
+            return nn.functional.cross_entropy(logits.float(), targets)
+        return distillation_loss(
+            logits.float(), targets, self.soft, self.distill_alpha, self.distill_temperature
+        )
 
     def _autocast(self) -> torch.autocast | nullcontext:
         return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
@@ -376,7 +403,7 @@ class _TrainStep:
                 logits, _ = self.model(ids, lengths)
         finally:
             handle.remove()
-        loss = nn.functional.cross_entropy(logits.float(), targets)
+        loss = self._loss(logits, targets)
         self.scaler.scale(loss).backward()
         gradient = captured[0].grad.detach().float()
         norms = gradient.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -391,7 +418,7 @@ class _TrainStep:
                 adversarial_logits, _ = self.model(ids, lengths)
         finally:
             handle.remove()
-        adversarial_loss = nn.functional.cross_entropy(adversarial_logits.float(), targets)
+        adversarial_loss = self._loss(adversarial_logits, targets)
         self.scaler.scale(adversarial_loss).backward()
         return logits, loss
 
