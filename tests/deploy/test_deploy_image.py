@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import documented
 import grpc
 import numpy as np
 import pytest
@@ -221,20 +222,9 @@ CHUNKS = [f"chunk {i} the film was great fun" if i % 3 else "but the ending was 
           for i in range(1500)]
 
 
-def _documented_client():
-    """``classify_stream`` exactly as docs/server.md prints it (as tests/server does)."""
-    docs = ROOT / "docs" / "server.md"
-    block = re.search(r"A client that survives drains.*?```python\n(.*?)```",
-                      docs.read_text(encoding="utf-8"), re.DOTALL)
-    assert block, "docs/server.md lost its drain-resume example"
-    namespace = {"grpc": grpc, "pb": pb}
-    exec(compile(block.group(1), str(docs), "exec"), namespace)    # noqa: S102 - our docs
-    return namespace["classify_stream"]
-
-
 def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
                                                secrets_volume, offline):
-    classify_stream = _documented_client()
+    classify_stream = documented.classify_stream()
     # The manifest's settings without the bearer token (the documented client sends none)
     # and without the drain delay (nothing routes by health here); same state key on both.
     env = {k: v for k, v in manifest_env().items() if k != "RNNSERVE_AUTH_TOKEN_FILE"}

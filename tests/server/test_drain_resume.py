@@ -4,34 +4,21 @@ drains mid-stream, and every chunk is answered exactly once with the offline val
 
 from __future__ import annotations
 
-import re
 import threading
-from pathlib import Path
 
+import documented
 import grpc
 import numpy as np
 from offline import GRU
-from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "server.md"
 CHUNKS = [f"chunk {i} the film was great fun" if i % 3 else "but the ending was awful"
           for i in range(240)]
 
 
-def _documented_client():
-    """``classify_stream`` exactly as docs/server.md prints it."""
-    text = DOCS.read_text(encoding="utf-8")
-    block = re.search(r"A client that survives drains.*?```python\n(.*?)```", text, re.DOTALL)
-    assert block, "docs/server.md lost its drain-resume example"
-    namespace = {"grpc": grpc, "pb": pb}
-    exec(compile(block.group(1), str(DOCS), "exec"), namespace)    # noqa: S102 - our docs
-    return namespace["classify_stream"]
-
-
 def test_stream_survives_a_drain_with_the_documented_client(tiny_repository, offline):
-    classify_stream = _documented_client()
+    classify_stream = documented.classify_stream()
     with start_server(tiny_repository) as first, start_server(tiny_repository) as second:
         target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
         options = [("grpc.lb_policy_name", "round_robin")]
