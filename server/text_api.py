@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -35,8 +34,6 @@ from .quota import client_of
 from .settings import ServerSettings
 from .streaming import DRAINED, Drain, StreamPump
 from .wire import decode, decode_all, request_class, sequence_id
-
-log = logging.getLogger("rnnserve.server.text_api")
 
 SERVICE = "rnnserve.v1.Sentiment"
 
@@ -68,7 +65,7 @@ class SentimentServicer:
 
     # -- unary --------------------------------------------------------------------------
 
-    async def Classify(self, request, context: aio.ServicerContext) -> bytes:
+    async def Classify(self, request, context: aio.ServicerContext) -> pb.ClassifyResponse:
         try:
             engine = self._engine(request, "unary")
             predictions = await engine.classify(decode_all(request.texts, "texts"), api="text")
@@ -110,7 +107,7 @@ class SentimentServicer:
         try:
             key = _sequence_key(request)
             snapshot = self.registry.snapshots.decode(bytes(request.state))
-            engine = self.registry.lookup(*_target(request, snapshot), default=True)[1]
+            engine = self._snapshot_engine(request, snapshot)
             state = await engine.import_state(key, snapshot, client=self._client(context))
         except ServingError as error:
             await context.abort(error.code, error.message)
@@ -119,6 +116,10 @@ class SentimentServicer:
         if state.last is not None:
             response.prediction.CopyFrom(_prediction(state.last))
         return response
+
+    def _snapshot_engine(self, request, snapshot):
+        """The engine a snapshot goes to: the request's model, else the snapshot's own."""
+        return self.registry.lookup(*_target(request, snapshot), default=True)[1]
 
     def _client(self, context) -> str:
         return client_of(context, by_token=self.settings.auth_enabled)
@@ -217,7 +218,7 @@ class SentimentServicer:
         if blank and not request.end and snapshot.header.last is None:
             raise InvalidArgument("resume_state holds a sequence that has seen no text and "
                                   "this message has none either; send some text")
-        engine = self.registry.lookup(*_target(request, snapshot), default=True)[1]
+        engine = self._snapshot_engine(request, snapshot)
         key = engine.new_sequence_id()
         stream.engine, stream.key = engine, key    # set first: a cancel mid-import ends it
         state = await engine.import_state(key, snapshot, client=stream.client)
