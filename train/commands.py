@@ -100,6 +100,11 @@ def train_command(
         float,
         typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)."),
     ] = _default("adversarial_eps"),
+    lm_pretrain_epochs: Annotated[
+        int,
+        typer.Option(help="Language-model pretraining on the training texts first: epochs "
+                     "(0 = off)."),
+    ] = _default("lm_pretrain_epochs"),
     teacher: Annotated[
         list[Path] | None,
         typer.Option(help="Distillation: a trained checkpoint to learn soft targets from "

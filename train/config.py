@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rnnserve.architecture import Cell
 
@@ -58,6 +58,12 @@ class TrainConfig(BaseModel):
         description="adversarial training on the embeddings (Miyato et al., 2016): L2 size of "
         "the per-text perturbation along the loss gradient; 0 disables it (twice the compute)",
     )
+    lm_pretrain_epochs: int = Field(
+        0,
+        ge=0,
+        description="language-model pretraining (train/pretrain.py): epochs of next-token "
+        "prediction on the training texts before the classifier is trained; 0 disables it",
+    )
     teacher: list[Path] = Field(
         default_factory=list,
         description="distillation: trained checkpoint directories whose soft targets the "
@@ -86,6 +92,15 @@ class TrainConfig(BaseModel):
     device: Device = "auto"
     num_threads: int | None = Field(None, gt=0)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _pretraining_needs_one_direction(self) -> TrainConfig:
+        if self.lm_pretrain_epochs and self.bidirectional:
+            raise ValueError(
+                "lm_pretrain_epochs needs a unidirectional model: a backward direction sees "
+                "the token it is asked to predict"
+            )
+        return self
 
     @property
     def effective_word_dropout(self) -> float:

@@ -12,6 +12,9 @@ Invariants
 * Given the same config (and data), CPU training is deterministic: the seed fixes weight
   initialisation, dropout and batch order; ``split_seed`` alone fixes the validation split.
 * ``torch.set_num_threads`` is restored when ``train`` returns or raises.
+* With ``lm_pretrain_epochs > 0`` the model first learns next-token prediction on the
+  training texts (``train.pretrain``); it uses its own batch-order generator, so the
+  classifier's batch order does not depend on it, and with 0 nothing of it runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from rnnserve.train.data import load_labelled_texts
 from rnnserve.train.distill import distillation_loss, soft_targets
 from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
 from rnnserve.train.model import ModelSpec, SentimentRNN, count_parameters
+from rnnserve.train.pretrain import pretrain_language_model
 from rnnserve.train.splits import Splits, split_train_validation
 from rnnserve.train.tokenizer import PAD_ID, UNK_ID, TokenizerKind, train_tokenizer
 from tokenizers import Tokenizer
@@ -180,6 +184,19 @@ def _train(
         max_length=config.max_length,
     )
     model = SentimentRNN.from_spec(spec).to(device)
+    pretraining = pretrain_language_model(
+        model,
+        prepared.train_ids,
+        epochs=config.lm_pretrain_epochs,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+        batch_size=config.batch_size,
+        # its own generator: the classifier's batch order is the same with or without it
+        rng=np.random.default_rng([config.seed, 1]),
+        device=device,
+        progress=config.progress,
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -282,6 +299,7 @@ def _train(
         **result.model_dump(mode="json"),
         "config": config.model_dump(mode="json"),
         "word_dropout_used": config.effective_word_dropout,
+        "lm_pretraining": [record.model_dump() for record in pretraining],
         "data_source": prepared.splits.train.source,
         "val_source": prepared.splits.validation.source,
         "train_label_counts": prepared.splits.train.label_counts(),
