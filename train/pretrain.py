@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel
 from rnnserve.train.batching import bucketed_batches, collate
 from rnnserve.train.model import SentimentRNN
+from rnnserve.train.schedule import lr_factor
 from rnnserve.train.tokenizer import PAD_ID
 from torch import nn
 from tqdm.auto import tqdm
@@ -85,9 +86,7 @@ def pretrain_language_model(
     parameters = [*model.embedding.parameters(), *model.rnn.parameters(), *head.project.parameters(), head.bias]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     total_steps = epochs * math.ceil(len(texts) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1.0 - step / max(1, total_steps))
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor("linear", total_steps))
     lengths = [len(text) for text in texts]
     history: list[PretrainEpoch] = []
     model.train()

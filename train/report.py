@@ -219,7 +219,7 @@ def render_markdown(results: dict) -> str:
         "```", results.get("command") or "(command not recorded)", "```", "",
         (f"- Code: git `{(results.get('code') or {}).get('git') or 'n/a'}`, training code digest "
         f"`{(results.get('code') or {}).get('training_code_sha256') or 'n/a'}` (sha256 of "
-        f"trainer, config, model, batching and tokenizer sources)."),
+        f"trainer, config, model, batching, tokenizer, schedule and pretrain sources)."),
         f"- Data: training `{settings['data']}` ({data['train_examples']:,} examples), "
         f"validation {data['val_source']} ({data['val_examples']:,} examples)"
         + (f", test `{data['test_source']}` ({data['test_examples']:,} examples)"

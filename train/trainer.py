@@ -41,6 +41,7 @@ from rnnserve.train.distill import distillation_loss, soft_targets
 from rnnserve.train.metrics import accuracy, confusion_matrix, macro_f1
 from rnnserve.train.model import ModelSpec, SentimentRNN, count_parameters
 from rnnserve.train.pretrain import pretrain_language_model
+from rnnserve.train.schedule import lr_factor
 from rnnserve.train.splits import Splits, split_train_validation
 from rnnserve.train.tokenizer import PAD_ID, UNK_ID, TokenizerKind, train_tokenizer
 from tokenizers import Tokenizer
@@ -202,7 +203,7 @@ def _train(
     )
     steps_per_epoch = math.ceil(len(prepared.train_ids) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
+        optimizer, lr_factor(config.lr_schedule, config.epochs * steps_per_epoch)
     )
     # Validation and the checkpoint use an exponential moving average of the weights when
     # ema_decay > 0: a cheap, smoother estimate than the last step's weights.
@@ -463,13 +464,6 @@ def predict(
             loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
     mean_loss = loss_sum / len(rows) if labels is not None and rows else math.nan
     return mean_loss, predictions
-
-
-def _lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the peak learning rate after ``step`` optimisation steps."""
-    if schedule == "constant":
-        return lambda step: 1.0
-    return lambda step: max(0.0, 1.0 - step / max(1, total_steps))
 
 
 def _peak_memory(device: torch.device) -> tuple[int, str]:

@@ -139,11 +139,11 @@ def test_weight_average_warms_up_then_follows_slowly():
 
 
 def test_linear_schedule_reaches_zero_at_the_last_step():
-    from rnnserve.train.trainer import _lr_factor
+    from rnnserve.train.schedule import lr_factor
 
-    linear = _lr_factor("linear", 10)
+    linear = lr_factor("linear", 10)
     assert [linear(s) for s in (0, 5, 10, 12)] == [1.0, 0.5, 0.0, 0.0]
-    assert _lr_factor("constant", 10)(9) == 1.0
+    assert lr_factor("constant", 10)(9) == 1.0
 
 
 def test_adversarial_training_learns_and_changes_the_updates(tiny_dataset, tmp_path):

@@ -142,7 +142,8 @@ def _code_version() -> dict[str, str | None]:
     """The git commit (``+dirty`` with local changes) and a digest of the training code."""
     root = Path(__file__).resolve().parents[1]  # train/
     digest = hashlib.sha256()
-    for name in ("trainer.py", "config.py", "model.py", "batching.py", "tokenizer.py"):
+    for name in ("trainer.py", "config.py", "model.py", "batching.py", "tokenizer.py",
+                 "schedule.py", "pretrain.py"):
         path = root / name
         if path.exists():
             digest.update(path.read_bytes())
