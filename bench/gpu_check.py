@@ -76,7 +76,8 @@ def prepare(out: Path) -> None:
     for name, cell, layers, hidden, embed in specs:
         config = TrainConfig(cell=cell, data=str(data), out=out / "ckpt" / name,
                              embed_dim=embed, hidden=hidden, layers=layers, epochs=2,
-                             batch_size=32, vocab_size=400, seed=0, progress=False, lr=1e-2)
+                             batch_size=32, vocab_size=400, seed=0, progress=False, lr=1e-2,
+                             adversarial_eps=0.0, lm_pretrain_epochs=0)
         checkpoint = train(config).checkpoint_dir
         export_checkpoint(checkpoint, repository=repo, name=name, force=True)
         if name == "chk-lstm2":

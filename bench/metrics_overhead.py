@@ -68,7 +68,7 @@ def tiny_repository(directory: Path) -> tuple[Path, str]:
     data = write_synthetic_dataset(directory / "tiny.tsv", n=600, seed=0)
     config = TrainConfig(cell="lstm", data=str(data), out=directory / "ckpt", embed_dim=16,
                          hidden=24, layers=2, epochs=1, batch_size=32, vocab_size=400, seed=0,
-                         progress=False)
+                         progress=False, adversarial_eps=0.0, lm_pretrain_epochs=0)
     checkpoint = train(config).checkpoint_dir
     export_checkpoint(checkpoint, repository=directory / "repository", name="tiny-lstm")
     return directory / "repository", "tiny-lstm"

@@ -351,7 +351,8 @@ def tiny_repository(directory: Path) -> Path:
     for cell in ("lstm", "gru"):
         config = TrainConfig(cell=cell, data=str(data), out=directory / cell, embed_dim=16,
                              hidden=24, layers=2, epochs=2, batch_size=32, vocab_size=400,
-                             seed=0, progress=False)
+                             seed=0, progress=False, adversarial_eps=0.0,
+                             lm_pretrain_epochs=0)
         export_checkpoint(train(config).checkpoint_dir, repository=directory / "repository",
                           name=f"tiny-{cell}")
     return directory / "repository"

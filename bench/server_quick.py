@@ -71,7 +71,8 @@ def build_fallback_model(cache: Path, repo: Path) -> None:
         data = cache / "sst2-4000.tsv"
         data.write_text("\n".join(lines[:4001]) + "\n", encoding="utf-8")
         config = TrainConfig(cell="lstm", data=str(data), out=cache / "ckpt", epochs=1,
-                             vocab_size=8000, seed=0, progress=False)
+                             vocab_size=8000, seed=0, progress=False,
+                             adversarial_eps=0.0, lm_pretrain_epochs=0)
         name = "sst2-lstm"
     else:
         from rnnserve.train.synthetic import write_synthetic_dataset
@@ -79,7 +80,8 @@ def build_fallback_model(cache: Path, repo: Path) -> None:
         data = write_synthetic_dataset(cache / "tiny.tsv", n=600, seed=0)
         config = TrainConfig(cell="lstm", data=str(data), out=cache / "ckpt", embed_dim=16,
                              hidden=24, layers=2, epochs=3, batch_size=32, vocab_size=400,
-                             seed=0, progress=False)
+                             seed=0, progress=False, adversarial_eps=0.0,
+                             lm_pretrain_epochs=0)
         name = "tiny-lstm"
     export_checkpoint(train(config).checkpoint_dir, repository=repo, name=name)
 

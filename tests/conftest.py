@@ -33,7 +33,7 @@ def tiny_checkpoints(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
         config = TrainConfig(
             cell=cell, data=str(tiny_dataset), out=out / cell, embed_dim=16, hidden=24,
             layers=2, epochs=3, batch_size=32, vocab_size=400, seed=0, progress=False,
-            num_threads=1, lr=1e-2,
+            num_threads=1, lr=1e-2, adversarial_eps=0.0, lm_pretrain_epochs=0,
         )
         result[cell] = train(config).checkpoint_dir
     return result

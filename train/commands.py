@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rnnserve.train.config import TrainConfig
+from rnnserve.train.config import LM_PRETRAIN_EPOCHS_DEFAULT, TrainConfig
 
 CELL_CHOICES = ("lstm", "gru")
 
@@ -85,10 +85,8 @@ def train_command(
         _default("dropout")
     ),
     word_dropout: Annotated[
-        float | None,
-        typer.Option(help="Training-time chance of replacing a token by [UNK] "
-                     "(default: 0 for lstm, 0.15 for gru)."),
-    ] = None,
+        float, typer.Option(help="Training-time chance of replacing a token by [UNK] (0 = off).")
+    ] = _default("word_dropout"),
     bidirectional: Annotated[
         bool, typer.Option(help="Bidirectional RNN (a stream then sees each chunk alone).")
     ] = _default("bidirectional"),
@@ -101,10 +99,10 @@ def train_command(
         typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)."),
     ] = _default("adversarial_eps"),
     lm_pretrain_epochs: Annotated[
-        int,
+        int | None,
         typer.Option(help="Language-model pretraining on the training texts first: epochs "
-                     "(0 = off)."),
-    ] = _default("lm_pretrain_epochs"),
+                     f"(0 = off; default: {LM_PRETRAIN_EPOCHS_DEFAULT}, 0 with --bidirectional)."),
+    ] = None,
     teacher: Annotated[
         list[Path] | None,
         typer.Option(help="Distillation: a trained checkpoint to learn soft targets from "

@@ -175,6 +175,15 @@ def _claims_section(claims: dict, results: dict) -> list[str]:
     return lines
 
 
+def _recipe(space: dict) -> str:
+    """The fixed training extras every trial shared (absent from reports made before them)."""
+    if "adversarial_eps" not in space:
+        return ""
+    lm, eps = space["lm_pretrain_epochs"], space["adversarial_eps"]
+    return (f"; every trial: {lm} epoch(s) of language-model pretraining"
+            f"{', adversarial training ε = ' + format(eps, 'g') if eps else ', no adversarial training'}")
+
+
 def _history(run: dict) -> str:
     history = run.get("history") or []
     if not history:
@@ -229,7 +238,7 @@ def render_markdown(results: dict) -> str:
         f"embed {space['embed_dim']}, hidden {space['hidden']}, layers {space['layers']}, "
         f"dropout {space['dropout']}, lr {space['lr']} (log), weight decay "
         f"{space['weight_decay']} (log), batch {space['batch_size']}; vocabulary "
-        f"{space['vocab_size']:,} (one tokenizer for all trials)."),
+        f"{space['vocab_size']:,} (one tokenizer for all trials)" + _recipe(space) + "."),
         (f"- Optuna: {settings['sampler']}; {settings['pruner']}; one SQLite study per cell "
         f"(`study.db`), cells interleaved trial by trial."),
         f"- Search wall time: {_history(run)}.",

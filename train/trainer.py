@@ -188,7 +188,7 @@ def _train(
     pretraining = pretrain_language_model(
         model,
         prepared.train_ids,
-        epochs=config.lm_pretrain_epochs,
+        epochs=config.effective_lm_pretrain_epochs,
         lr=config.lr,
         weight_decay=config.weight_decay,
         clip_norm=config.clip_norm,
@@ -210,7 +210,7 @@ def _train(
     averaged = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     scored = averaged.model if averaged is not None else model
     step = _TrainStep(model, optimizer, scheduler, averaged, config.clip_norm, device)
-    step.word_dropout = config.effective_word_dropout
+    step.word_dropout = config.word_dropout
     step.adversarial_eps = config.adversarial_eps
     step.distill_alpha, step.distill_temperature = config.distill_alpha, config.distill_temperature
     train_soft = (
@@ -299,7 +299,6 @@ def _train(
     metrics_json = {
         **result.model_dump(mode="json"),
         "config": config.model_dump(mode="json"),
-        "word_dropout_used": config.effective_word_dropout,
         "lm_pretraining": [record.model_dump() for record in pretraining],
         "data_source": prepared.splits.train.source,
         "val_source": prepared.splits.validation.source,

@@ -24,7 +24,7 @@ def bidi_repository(tmp_path_factory, tiny_dataset) -> Path:
     out = tmp_path_factory.mktemp("bidi")
     config = TrainConfig(cell="lstm", data=str(tiny_dataset), out=out / "ckpt", embed_dim=8,
                          hidden=8, layers=1, epochs=1, batch_size=64, vocab_size=200, seed=0,
-                         progress=False, bidirectional=True)
+                         progress=False, bidirectional=True, adversarial_eps=0.0)
     repo = out / "repository"
     export_checkpoint(train(config).checkpoint_dir, repository=repo, name="tiny-bilstm")
     return repo

@@ -45,7 +45,8 @@ def second_lstm(tmp_path_factory, tiny_dataset):
     config = TrainConfig(cell="lstm", data=str(tiny_dataset),
                          out=tmp_path_factory.mktemp("second") / "lstm", embed_dim=16,
                          hidden=24, layers=2, epochs=1, batch_size=32, vocab_size=400, seed=7,
-                         progress=False, num_threads=1, lr=1e-2)
+                         progress=False, num_threads=1, lr=1e-2,
+                         adversarial_eps=0.0, lm_pretrain_epochs=0)
     return train(config).checkpoint_dir
 
 

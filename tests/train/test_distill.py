@@ -21,7 +21,8 @@ from rnnserve.train.trainer import TrainConfig, train
 from typer.testing import CliRunner
 
 TINY = {"embed_dim": 16, "hidden": 24, "epochs": 3, "batch_size": 32, "vocab_size": 400,
-        "lr": 1e-2, "progress": False, "num_threads": 1}  # fmt: skip
+        "lr": 1e-2, "adversarial_eps": 0.0, "lm_pretrain_epochs": 0, "progress": False,
+        "num_threads": 1}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,8 @@ def test_student_follows_the_teacher_through_the_cli(wrong_teacher, tiny_dataset
     app.command("train")(train_command)
     common = ["--cell", "gru", "--data", str(tiny_dataset), "--teacher", str(wrong_teacher),
               "--embed-dim", "16", "--hidden", "24", "--epochs", "3", "--batch-size", "32",
-              "--vocab-size", "400", "--lr", "0.01", "--num-threads", "1", "--no-progress"]  # fmt: skip
+              "--vocab-size", "400", "--lr", "0.01", "--adversarial-eps", "0", "--lm-pretrain-epochs", "0",
+              "--num-threads", "1", "--no-progress"]  # fmt: skip
     last_epoch = {}
     for alpha in ("1.0", "0.0"):
         out = tmp_path / alpha

@@ -10,12 +10,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 from rnnserve.train.checkpoint import load_checkpoint
+from rnnserve.train.config import LM_PRETRAIN_EPOCHS_DEFAULT
 from rnnserve.train.model import SentimentRNN
 from rnnserve.train.pretrain import pretrain_language_model
 from rnnserve.train.trainer import TrainConfig, train
 
 TINY = {"embed_dim": 16, "hidden": 24, "epochs": 2, "batch_size": 32, "vocab_size": 400,
-        "lr": 1e-2, "progress": False, "num_threads": 1}  # fmt: skip
+        "lr": 1e-2, "adversarial_eps": 0.0, "progress": False, "num_threads": 1}  # fmt: skip
 
 
 def _model(cell: str, vocab: int = 40, bidirectional: bool = False) -> SentimentRNN:
@@ -55,8 +56,15 @@ def test_bidirectional_models_are_refused():
         TrainConfig(out="x", bidirectional=True, lm_pretrain_epochs=1)
 
 
+def test_pretraining_is_on_by_default_for_unidirectional_models_only():
+    assert TrainConfig(out="x").effective_lm_pretrain_epochs == LM_PRETRAIN_EPOCHS_DEFAULT > 0
+    assert TrainConfig(out="x", bidirectional=True).effective_lm_pretrain_epochs == 0
+    assert TrainConfig(out="x", lm_pretrain_epochs=0).effective_lm_pretrain_epochs == 0
+
+
 def test_training_with_pretraining_keeps_the_checkpoint_contract(tiny_dataset, tmp_path):
-    plain = train(TrainConfig(cell="gru", data=str(tiny_dataset), out=tmp_path / "plain", **TINY))
+    plain = train(TrainConfig(cell="gru", data=str(tiny_dataset), out=tmp_path / "plain",
+                              lm_pretrain_epochs=0, **TINY))
     pretrained = train(
         TrainConfig(
             cell="gru", data=str(tiny_dataset), out=tmp_path / "lm", lm_pretrain_epochs=2, **TINY

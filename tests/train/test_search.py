@@ -119,6 +119,28 @@ def test_best_checkpoints_are_exportable(searched, tmp_path):
         assert (Path(version) / "model.onnx").is_file()
 
 
+def test_trials_train_with_the_spaces_fixed_recipe(searched):
+    from rnnserve.train.checkpoint import read_metrics
+    from rnnserve.train.search.settings import TINY
+
+    for cell in CELLS:
+        metrics = read_metrics(searched["out"] / f"best-{cell}")
+        assert metrics["config"]["adversarial_eps"] == TINY.adversarial_eps
+        assert len(metrics["lm_pretraining"]) == TINY.lm_pretrain_epochs > 0
+    report = (searched["out"] / "report.md").read_text()
+    assert "every trial: 1 epoch(s) of language-model pretraining, no adversarial training" in report
+
+
+def test_default_space_trains_with_the_trainers_recipe():
+    """The SST-2 space searches model sizes under the trainer's defaults, not other ones."""
+    from rnnserve.train.config import TrainConfig
+    from rnnserve.train.search.settings import DEFAULT
+
+    config = TrainConfig(out="x")
+    assert (DEFAULT.vocab_size, DEFAULT.adversarial_eps, DEFAULT.lm_pretrain_epochs) == (
+        config.vocab_size, config.adversarial_eps, config.effective_lm_pretrain_epochs)
+
+
 def test_changed_settings_are_refused(searched):
     result = _search(searched["data"], searched["out"], "--trials", "2", "--epochs", "1")
     assert result.exit_code == 2

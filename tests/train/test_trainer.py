@@ -15,7 +15,7 @@ def tiny_config(tiny_dataset, out, **overrides) -> TrainConfig:
     options = {
         "cell": "gru", "data": str(tiny_dataset), "out": out, "embed_dim": 16, "hidden": 24,
         "layers": 1, "epochs": 2, "batch_size": 32, "vocab_size": 400, "seed": 0,
-        "progress": False,
+        "adversarial_eps": 0.0, "lm_pretrain_epochs": 0, "progress": False,
     }  # fmt: skip
     return TrainConfig(**{**options, **overrides})
 

@@ -16,7 +16,8 @@ Invariants
   searched parameter (each cell has its own study).
 * ``SearchSpace.suggest`` asks the trial for exactly the keys of ``SEARCHED`` in that order, so
   a study is reproducible from its sampler seed and the trials already in it.
-* A preset also fixes what is *not* searched (vocabulary size, default epochs), so a search
+* A preset also fixes what is *not* searched (vocabulary size, default epochs, adversarial
+  training and LM pretraining), so a search
   directory's settings can be checked for consistency when a search is resumed.
 
 Layout of ``<out>``::
@@ -89,6 +90,8 @@ class SearchSpace:
     batch_size: tuple[int, ...]
     vocab_size: int
     epochs: int
+    adversarial_eps: float  # every trial's adversarial training (0: off)
+    lm_pretrain_epochs: int  # every trial's language-model pretraining (0: off)
     description: str = ""
 
     def suggest(self, trial: TrialLike) -> dict[str, Any]:
@@ -113,8 +116,10 @@ class SearchSpace:
 #: ~30 s on average over this space with one thread, ~80 s for the largest choice (LSTM,
 #: embed 128, hidden 192, 2 layers), so 2 cells x 12 trials x 3 epochs with median pruning
 #: is ~30 CPU-minutes. (Hidden 256 doubled the largest trial and was measured at ~95 CPU-s
-#: per epoch, so it is not offered.) Batches below 64 make an epoch step-bound on CPU. The
-#: vocabulary is the trainer's default (16k, about SST-2's word count).
+#: per epoch, so it is not offered.) Batches below 64 make an epoch step-bound on CPU.
+#: Vocabulary, adversarial ε and LM pretraining are the trainer's defaults (the SST-2
+#: recipe; tests/train/test_search.py checks they agree). They roughly double an epoch's cost
+#: and add two LM epochs per trial, so a trial costs about 3-6 CPU-minutes.
 DEFAULT = SearchSpace(
     name="default",
     embed_dim=(64, 128),
@@ -124,9 +129,12 @@ DEFAULT = SearchSpace(
     lr=(5e-4, 5e-3),
     weight_decay=(1e-6, 1e-2),
     batch_size=(64, 128, 256),
-    vocab_size=16000,
+    vocab_size=8000,
     epochs=3,
-    description="SST-2 sized: embed 64-128, hidden 64-192, 1-2 layers, batch 64-256, 3 epochs",
+    adversarial_eps=5.0,
+    lm_pretrain_epochs=2,
+    description="SST-2 sized: embed 64-128, hidden 64-192, 1-2 layers, batch 64-256, 3 epochs, "
+    "the trainer's recipe (8,000 words, 2 LM epochs, adversarial ε 5)",
 )
 
 #: For tests and smoke runs: seconds per trial on generated data.
@@ -141,7 +149,10 @@ TINY = SearchSpace(
     batch_size=(32, 64),
     vocab_size=300,
     epochs=2,
-    description="tests/smoke runs: embed 8-16, hidden 8-16, 1-2 layers, 2 epochs",
+    adversarial_eps=0.0,
+    lm_pretrain_epochs=1,
+    description="tests/smoke runs: embed 8-16, hidden 8-16, 1-2 layers, 2 epochs, 1 LM epoch, "
+    "no adversarial training",
 )
 
 SPACES: dict[str, SearchSpace] = {space.name: space for space in (DEFAULT, TINY)}

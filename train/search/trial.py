@@ -57,6 +57,7 @@ def prepare(config: SearchConfig) -> Prepared:
     base = TrainConfig(
         data=config.data, val_data=config.val_data, out=Path(config.out) / "trials",
         vocab_size=space.vocab_size, epochs=config.effective_epochs, seed=config.seed,
+        adversarial_eps=space.adversarial_eps, lm_pretrain_epochs=space.lm_pretrain_epochs,
         num_threads=config.threads, progress=False,
     )
     try:
