@@ -96,13 +96,14 @@ def train_command(
     ] = _default("lr_schedule"),
     adversarial_eps: Annotated[
         float,
-        typer.Option(help="Adversarial training: size of the embedding perturbation (0 = off)."),
+        typer.Option(help="Adversarial training: L2 size of the embedding perturbation (0 = "
+                     "off; tuned for --embed-dim 128, much smaller models want 0)."),
     ] = _default("adversarial_eps"),
     lm_pretrain_epochs: Annotated[
         int | None,
         typer.Option(help="Language-model pretraining on the training texts first: epochs "
                      f"(0 = off; default: {LM_PRETRAIN_EPOCHS_DEFAULT}, 0 with --bidirectional)."),
-    ] = None,
+    ] = _default("lm_pretrain_epochs"),
     teacher: Annotated[
         list[Path] | None,
         typer.Option(help="Distillation: a trained checkpoint to learn soft targets from "

@@ -179,9 +179,10 @@ def _recipe(space: dict) -> str:
     """The fixed training extras every trial shared (absent from reports made before them)."""
     if "adversarial_eps" not in space:
         return ""
-    lm, eps = space["lm_pretrain_epochs"], space["adversarial_eps"]
-    return (f"; every trial: {lm} epoch(s) of language-model pretraining"
-            f"{', adversarial training ε = ' + format(eps, 'g') if eps else ', no adversarial training'}")
+    eps = space["adversarial_eps"]
+    adversarial = f"adversarial training ε = {eps:g}" if eps else "no adversarial training"
+    return (f"; every trial: {space['lm_pretrain_epochs']} epoch(s) of language-model "
+            f"pretraining, {adversarial}")
 
 
 def _history(run: dict) -> str:
