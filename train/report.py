@@ -41,6 +41,7 @@ from rnnserve.train.search.verdicts import (
     ms,
     name,
     pct,
+    pretrain_epochs,
     seconds,
 )
 
@@ -99,7 +100,9 @@ def _best_table(results: dict) -> list[str]:
         row("weight decay", params_field("weight_decay", lambda v: f"{v:.1e}")),
         row("batch size", params_field("batch_size")),
         row("best epoch / epochs run", lambda b, _: f"{b['best_epoch']} / {b['epochs_run']}"),
-        row("training time per epoch (wall / CPU, incl. validation)",
+        row("training time per epoch (wall / CPU, incl. validation)"
+            + (" (CPU: the trial's, LM pretraining included, per epoch run)"
+               if pretrain_epochs(results) else ""),
             lambda b, _: f"{seconds(b['seconds_per_epoch'])} / "
                          f"{seconds(b.get('cpu_seconds_per_epoch'))}"),
         row("training time to best epoch", lambda b, _: seconds(b["seconds_to_best"])),

@@ -129,6 +129,8 @@ def test_trials_train_with_the_spaces_fixed_recipe(searched):
         assert len(metrics["lm_pretraining"]) == TINY.lm_pretrain_epochs > 0
     report = (searched["out"] / "report.md").read_text()
     assert "every trial: 1 epoch(s) of language-model pretraining, no adversarial training" in report
+    assert "its 1 LM pretraining epoch(s) included" in report  # in CPU time per epoch
+    assert "(CPU: the trial's, LM pretraining included, per epoch run)" in report
 
 
 def test_default_space_trains_with_the_trainers_recipe():

@@ -148,11 +148,17 @@ def conclude(results: dict) -> list[str]:
             f"the {name(fast)} serves {lf['throughput_per_s']:.0f}/s vs {name(slow)} "
             f"{ls['throughput_per_s']:.0f}/s texts (engine: {'; '.join(engines)})."
         )
-    lines.append(_training_sentence(best))
+    lines.append(_training_sentence(best, pretrain_epochs(results)))
     return lines
 
 
-def _training_sentence(best: dict[str, dict]) -> str:
+def pretrain_epochs(results: dict) -> int:
+    """LM pretraining epochs every trial ran first (0 for searches made before it existed).
+    A trial's CPU time includes them, so its CPU time per epoch carries their share."""
+    return int(results.get("settings", {}).get("space", {}).get("lm_pretrain_epochs", 0))
+
+
+def _training_sentence(best: dict[str, dict], lm_epochs: int = 0) -> str:
     """Cost per epoch of the two winners: CPU time when both have it (immune to other
     processes' load), else wall time; wall times are always given for reference."""
     use_cpu = all(b.get("cpu_seconds_per_epoch") for b in best.values())
@@ -160,6 +166,8 @@ def _training_sentence(best: dict[str, dict]) -> str:
     cheap, costly = sorted(best, key=lambda cell: best[cell][key])
     ratio = best[costly][key] / best[cheap][key] if best[cheap][key] else float("nan")
     unit = "CPU time" if use_cpu else "wall time"
+    if use_cpu and lm_epochs:
+        unit += f" (the trial's, its {lm_epochs} LM pretraining epoch(s) included)"
     return (
         f"Training: an epoch of the best {name(cheap)} costs {seconds(best[cheap][key])} of "
         f"{unit} vs {seconds(best[costly][key])} for the best {name(costly)} ({ratio:.2f}x); "
