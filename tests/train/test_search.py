@@ -133,6 +133,17 @@ def test_trials_train_with_the_spaces_fixed_recipe(searched):
     assert "(CPU: the trial's, LM pretraining included, per epoch run)" in report
 
 
+def test_trial_pairs_are_timed_by_wall_clock_when_cpu_includes_pretraining(searched):
+    """A pruned trial's CPU time per epoch carries more of its LM pretraining than a
+    completed one's, so search-trial pairs compare wall time per epoch instead."""
+    from rnnserve.train.search.verdicts import judge_claims
+
+    rows = judge_claims(searched["second"])["faster_per_epoch"]["rows"]
+    assert {row["basis"] for row in rows if row["controlled"]} == {"cpu"}
+    assert {row["basis"] for row in rows if not row["controlled"]} == {"wall"}  # pairs exist:
+    # a cell's k-th start-up trial draws the same configuration for both cells
+
+
 def test_default_space_trains_with_the_trainers_recipe():
     """The SST-2 space searches model sizes under the trainer's defaults, not other ones."""
     from rnnserve.train.config import TrainConfig

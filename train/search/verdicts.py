@@ -234,11 +234,14 @@ def _claim_speed(results: dict) -> dict:
             f"micro-benchmark at the sizes of {entry['from']}", True, entry["sizes"],
             (lstm.get("cpu_seconds_per_epoch"), gru.get("cpu_seconds_per_epoch")),
             (lstm["seconds_per_epoch"], gru["seconds_per_epoch"])))
+    # A trial's CPU time per epoch carries its LM pretraining's share, which differs between
+    # a trial pruned after one epoch and one that ran them all: compare wall times then.
+    cpu_comparable = not pretrain_epochs(results)
     for pair in results.get("matched_pairs", []):
+        cpu = (pair.get("lstm_cpu_seconds_per_epoch"), pair.get("gru_cpu_seconds_per_epoch"))
         rows.append(_speed_row(
             f"search trials LSTM #{pair['lstm_trial']} / GRU #{pair['gru_trial']}", False,
-            pair["sizes"],
-            (pair.get("lstm_cpu_seconds_per_epoch"), pair.get("gru_cpu_seconds_per_epoch")),
+            pair["sizes"], cpu if cpu_comparable else (None, None),
             (pair["lstm_seconds_per_epoch"], pair["gru_seconds_per_epoch"])))
     controlled = [r for r in rows if r["controlled"]]
     if not controlled:
