@@ -17,8 +17,8 @@ Invariants
 * ``SearchSpace.suggest`` asks the trial for exactly the keys of ``SEARCHED`` in that order, so
   a study is reproducible from its sampler seed and the trials already in it.
 * A preset also fixes what is *not* searched (vocabulary size, default epochs, adversarial
-  training and LM pretraining), so a search
-  directory's settings can be checked for consistency when a search is resumed.
+  training and LM pretraining), so a search directory's settings can be checked for
+  consistency when a search is resumed.
 
 Layout of ``<out>``::
 
@@ -111,15 +111,16 @@ class SearchSpace:
                 for key, value in asdict(self).items()}
 
 
-#: Sized for SST-2 (67k short phrases, ~0.75M tokens) on a 2-core CPU. An epoch costs about
-#: 3 * 2 * gates * hidden * (input + hidden) FLOPs per token and layer plus ~6 ms per step:
-#: ~30 s on average over this space with one thread, ~80 s for the largest choice (LSTM,
-#: embed 128, hidden 192, 2 layers), so 2 cells x 12 trials x 3 epochs with median pruning
-#: is ~30 CPU-minutes. (Hidden 256 doubled the largest trial and was measured at ~95 CPU-s
-#: per epoch, so it is not offered.) Batches below 64 make an epoch step-bound on CPU.
-#: Vocabulary, adversarial ε and LM pretraining are the trainer's defaults (the SST-2
-#: recipe; tests/train/test_search.py checks they agree). They roughly double an epoch's cost
-#: and add two LM epochs per trial, so a trial costs about 3-6 CPU-minutes.
+#: Sized for SST-2 (67k short phrases, ~0.75M tokens) on a 2-core CPU. A plain epoch costs
+#: about 3 * 2 * gates * hidden * (input + hidden) FLOPs per token and layer plus ~6 ms per
+#: step: ~30 s on average over this space with one thread, ~80 s for the largest choice
+#: (LSTM, embed 128, hidden 192, 2 layers). (Hidden 256 doubled the largest trial and was
+#: measured at ~95 CPU-s per epoch, so it is not offered.) Batches below 64 make an epoch
+#: step-bound on CPU. Vocabulary, adversarial ε and LM pretraining are the trainer's
+#: defaults (the SST-2 recipe; tests/train/test_search.py checks they agree). They roughly
+#: double an epoch's cost and add two LM epochs per trial: trials took 2-5 CPU-minutes, and
+#: 2 cells x 12 trials x up to 3 epochs with median pruning 76 CPU-minutes
+#: (docs/search/report.md).
 DEFAULT = SearchSpace(
     name="default",
     embed_dim=(64, 128),
