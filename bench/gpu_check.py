@@ -64,6 +64,7 @@ def section(title: str) -> None:
 def prepare(out: Path) -> None:
     """Train and export the check's models into ``out/repository`` (needs ``.[dev]``)."""
     from rnnserve.export.exporter import export_checkpoint
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.synthetic import write_synthetic_dataset
     from rnnserve.train.trainer import TrainConfig, train
 
@@ -77,7 +78,7 @@ def prepare(out: Path) -> None:
         config = TrainConfig(cell=cell, data=str(data), out=out / "ckpt" / name,
                              embed_dim=embed, hidden=hidden, layers=layers, epochs=2,
                              batch_size=32, vocab_size=400, seed=0, progress=False, lr=1e-2,
-                             adversarial_eps=0.0, lm_pretrain_epochs=0)
+                             **PLAIN_TRAINING)
         checkpoint = train(config).checkpoint_dir
         export_checkpoint(checkpoint, repository=repo, name=name, force=True)
         if name == "chk-lstm2":

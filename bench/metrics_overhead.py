@@ -62,13 +62,14 @@ def corpus_file(repository: Path, model: str, path: Path, limit: int = 512) -> P
 def tiny_repository(directory: Path) -> tuple[Path, str]:
     """The tests' tiny LSTM (trained on generated data in seconds), exported to ``directory``."""
     from rnnserve.export.exporter import export_checkpoint
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.synthetic import write_synthetic_dataset
     from rnnserve.train.trainer import TrainConfig, train
 
     data = write_synthetic_dataset(directory / "tiny.tsv", n=600, seed=0)
     config = TrainConfig(cell="lstm", data=str(data), out=directory / "ckpt", embed_dim=16,
                          hidden=24, layers=2, epochs=1, batch_size=32, vocab_size=400, seed=0,
-                         progress=False, adversarial_eps=0.0, lm_pretrain_epochs=0)
+                         progress=False, **PLAIN_TRAINING)
     checkpoint = train(config).checkpoint_dir
     export_checkpoint(checkpoint, repository=directory / "repository", name="tiny-lstm")
     return directory / "repository", "tiny-lstm"

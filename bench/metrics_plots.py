@@ -344,6 +344,7 @@ def run_everything(args: argparse.Namespace, work: Path, log=print) -> list[Path
 def tiny_repository(directory: Path) -> Path:
     """The tests' tiny LSTM and GRU, trained on generated data and exported."""
     from rnnserve.export.exporter import export_checkpoint
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.synthetic import write_synthetic_dataset
     from rnnserve.train.trainer import TrainConfig, train
 
@@ -351,8 +352,7 @@ def tiny_repository(directory: Path) -> Path:
     for cell in ("lstm", "gru"):
         config = TrainConfig(cell=cell, data=str(data), out=directory / cell, embed_dim=16,
                              hidden=24, layers=2, epochs=2, batch_size=32, vocab_size=400,
-                             seed=0, progress=False, adversarial_eps=0.0,
-                             lm_pretrain_epochs=0)
+                             seed=0, progress=False, **PLAIN_TRAINING)
         export_checkpoint(train(config).checkpoint_dir, repository=directory / "repository",
                           name=f"tiny-{cell}")
     return directory / "repository"

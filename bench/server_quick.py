@@ -63,6 +63,7 @@ def build_fallback_model(cache: Path, repo: Path) -> None:
     for one epoch on 4000 SST-2 training sentences -- quality is irrelevant here, shapes
     are what cost time; without SST-2, the tiny synthetic model of the test fixtures."""
     from rnnserve.export.exporter import export_checkpoint
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.trainer import TrainConfig, train
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def build_fallback_model(cache: Path, repo: Path) -> None:
         data.write_text("\n".join(lines[:4001]) + "\n", encoding="utf-8")
         config = TrainConfig(cell="lstm", data=str(data), out=cache / "ckpt", epochs=1,
                              vocab_size=8000, seed=0, progress=False,
-                             adversarial_eps=0.0, lm_pretrain_epochs=0)
+                             **PLAIN_TRAINING)
         name = "sst2-lstm"
     else:
         from rnnserve.train.synthetic import write_synthetic_dataset
@@ -80,8 +81,7 @@ def build_fallback_model(cache: Path, repo: Path) -> None:
         data = write_synthetic_dataset(cache / "tiny.tsv", n=600, seed=0)
         config = TrainConfig(cell="lstm", data=str(data), out=cache / "ckpt", embed_dim=16,
                              hidden=24, layers=2, epochs=3, batch_size=32, vocab_size=400,
-                             seed=0, progress=False, adversarial_eps=0.0,
-                             lm_pretrain_epochs=0)
+                             seed=0, progress=False, **PLAIN_TRAINING)
         name = "tiny-lstm"
     export_checkpoint(train(config).checkpoint_dir, repository=repo, name=name)
 

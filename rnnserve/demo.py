@@ -20,13 +20,14 @@ from typing import Annotated
 import typer
 
 from rnnserve.server.commands import serve_command, setting_option
+from rnnserve.train.config import PLAIN_TRAINING
 
 #: The demo's own recipe, measured on its corpus (train/DATA.md): models small enough to
 #: train in a couple of minutes on two CPU cores, every word in the vocabulary, and none of
 #: the SST-2 defaults' extras: LM pretraining would cost minutes, and adversarial training
 #: tuned for embed 128 cost these small models demo sentences or collapsed them.
 DEMO_SETTINGS = {"embed_dim": 64, "hidden": 128, "layers": 1, "vocab_size": 16000,
-                 "adversarial_eps": 0.0, "lm_pretrain_epochs": 0}
+                 **PLAIN_TRAINING}
 DEMO_NAMES = {"lstm": "sentiment-lstm", "gru": "sentiment-gru"}
 DEMO_DATA = "vader-reviews"
 DEMO_EPOCHS = 10

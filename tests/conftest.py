@@ -25,6 +25,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
     """cell -> checkpoint directory of a tiny trained model (embed 16, hidden 24, 2 layers)."""
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("checkpoints")
@@ -33,7 +34,7 @@ def tiny_checkpoints(tmp_path_factory, tiny_dataset) -> dict[str, Path]:
         config = TrainConfig(
             cell=cell, data=str(tiny_dataset), out=out / cell, embed_dim=16, hidden=24,
             layers=2, epochs=3, batch_size=32, vocab_size=400, seed=0, progress=False,
-            num_threads=1, lr=1e-2, adversarial_eps=0.0, lm_pretrain_epochs=0,
+            num_threads=1, lr=1e-2, **PLAIN_TRAINING,
         )
         result[cell] = train(config).checkpoint_dir
     return result

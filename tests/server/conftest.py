@@ -19,12 +19,13 @@ def stub(channel):
 def bidi_repository(tmp_path_factory, tiny_dataset) -> Path:
     """A repository with one tiny *bidirectional* LSTM (trained 1 epoch, exported)."""
     from rnnserve.export.exporter import export_checkpoint
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("bidi")
     config = TrainConfig(cell="lstm", data=str(tiny_dataset), out=out / "ckpt", embed_dim=8,
                          hidden=8, layers=1, epochs=1, batch_size=64, vocab_size=200, seed=0,
-                         progress=False, bidirectional=True, adversarial_eps=0.0)
+                         progress=False, bidirectional=True, **PLAIN_TRAINING)
     repo = out / "repository"
     export_checkpoint(train(config).checkpoint_dir, repository=repo, name="tiny-bilstm")
     return repo

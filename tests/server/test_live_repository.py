@@ -40,13 +40,14 @@ EVENTUALLY = 90.0
 @pytest.fixture(scope="module")
 def second_lstm(tmp_path_factory, tiny_dataset):
     """Another tiny LSTM with the same shape as the session's (other seed: other weights)."""
+    from rnnserve.train.config import PLAIN_TRAINING
     from rnnserve.train.trainer import TrainConfig, train
 
     config = TrainConfig(cell="lstm", data=str(tiny_dataset),
                          out=tmp_path_factory.mktemp("second") / "lstm", embed_dim=16,
                          hidden=24, layers=2, epochs=1, batch_size=32, vocab_size=400, seed=7,
                          progress=False, num_threads=1, lr=1e-2,
-                         adversarial_eps=0.0, lm_pretrain_epochs=0)
+                         **PLAIN_TRAINING)
     return train(config).checkpoint_dir
 
 

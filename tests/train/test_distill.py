@@ -9,6 +9,7 @@ import pytest
 import torch
 import typer
 from rnnserve.train.commands import train_command
+from rnnserve.train.config import PLAIN_TRAINING
 from rnnserve.train.data import load_labelled_texts
 from rnnserve.train.distill import (
     CACHE_PREFIX,
@@ -21,7 +22,7 @@ from rnnserve.train.trainer import TrainConfig, train
 from typer.testing import CliRunner
 
 TINY = {"embed_dim": 16, "hidden": 24, "epochs": 3, "batch_size": 32, "vocab_size": 400,
-        "lr": 1e-2, "adversarial_eps": 0.0, "lm_pretrain_epochs": 0, "progress": False,
+        "lr": 1e-2, **PLAIN_TRAINING, "progress": False,
         "num_threads": 1}  # fmt: skip
 
 

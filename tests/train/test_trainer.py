@@ -6,6 +6,7 @@ import json
 
 import pytest
 from rnnserve.train.checkpoint import read_metrics
+from rnnserve.train.config import PLAIN_TRAINING
 from rnnserve.train.data import load_labelled_texts
 from rnnserve.train.evaluate import evaluate, write_evaluation
 from rnnserve.train.trainer import EpochMetrics, TrainConfig, load_splits, prepare_data, train
@@ -15,7 +16,7 @@ def tiny_config(tiny_dataset, out, **overrides) -> TrainConfig:
     options = {
         "cell": "gru", "data": str(tiny_dataset), "out": out, "embed_dim": 16, "hidden": 24,
         "layers": 1, "epochs": 2, "batch_size": 32, "vocab_size": 400, "seed": 0,
-        "adversarial_eps": 0.0, "lm_pretrain_epochs": 0, "progress": False,
+        **PLAIN_TRAINING, "progress": False,
     }  # fmt: skip
     return TrainConfig(**{**options, **overrides})
 

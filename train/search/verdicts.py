@@ -158,7 +158,7 @@ def pretrain_epochs(results: dict) -> int:
     return int(results.get("settings", {}).get("space", {}).get("lm_pretrain_epochs", 0))
 
 
-def _training_sentence(best: dict[str, dict], lm_epochs: int = 0) -> str:
+def _training_sentence(best: dict[str, dict], lm_epochs: int) -> str:
     """Cost per epoch of the two winners: CPU time when both have it (immune to other
     processes' load), else wall time; wall times are always given for reference."""
     use_cpu = all(b.get("cpu_seconds_per_epoch") for b in best.values())
