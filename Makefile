@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-dev system-deps lint protos clean \
+.PHONY: demo test test-native install install-dev system-deps lint protos clean \
         image image-gpu image-bundled image-gpu-bundled image-models base-image
 
 $(BIN)/python:
@@ -33,6 +33,7 @@ install-dev: $(VENV)/.installed-dev
 system-deps:
 	bash .ci/install-prometheus.sh
 	bash .ci/install-h2load.sh
+	bash .ci/install-native.sh
 	bash bench/perf_analyzer.sh --install-only
 	bash .ci/install-podman.sh
 
@@ -54,9 +55,25 @@ base-image:
 demo: install
 	$(BIN)/rnnserve demo
 
+# The protocol suites once more, every server behind the native C++ front-end
+# (--frontend native): the outside must not tell the two apart. Tests whose server needs
+# what that front-end lacks (tokens, TLS, --workers) skip themselves (tests/serving.py);
+# the soak and the sustained load run once, in the main pass (slow fuzz and races run here
+# too when RNNSERVE_SLOW=1).
+NATIVE_SUITES = tests/server/test_classify.py tests/server/test_errors.py \
+        tests/server/test_streams.py tests/server/test_sequence_state.py \
+        tests/server/test_sequence_quota.py tests/server/test_health.py \
+        tests/server/test_shutdown.py tests/server/test_drain_resume.py \
+        tests/server/test_live_repository.py tests/kserve tests/fault tests/metrics
+
 test: install-dev system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-native
+
+test-native: install-dev
+	RNNSERVE_FRONTEND=native RNNSERVE_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q \
+	    -p no:cacheprovider -k "not soak_rss and not sustained_load" $(NATIVE_SUITES)
 
 lint: install-dev
 	$(BIN)/ruff check .

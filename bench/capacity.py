@@ -1,11 +1,13 @@
-"""Server capacity with a C client: h2load against rnnserve at ``--workers`` 1..N, beside the
-raw tokenize + ONNX Runtime limit on the same sentence, in one run.
+"""Server capacity with a C client: h2load against rnnserve at ``--workers`` 1..N and with
+each ``--frontend``, beside the raw tokenize + ONNX Runtime limit on the same sentence, in
+one run.
 
 Why a C client: a Python gRPC client spends 150-450 µs of CPU per request, as much as the
 server; h2load (Debian's ``nghttp2-client``) sends pre-framed gRPC requests for ~10 µs each,
 so on a small machine the numbers are the server's, not the client's.
 
-For every placement and every worker count:
+For every placement and every server setup (each ``--frontend`` at each ``--workers``; the
+native front-end runs one process, so only ``--workers 1``):
 
 - ``pinned``: the server (all its processes) on the cores after the first, h2load on core 0;
   ``unpinned``: nobody pinned;
@@ -146,10 +148,18 @@ def grpc_status_sample(port: int, data: Path, samples: int = 5) -> list[str]:
 
 
 def server_argv(repository: Path, port: int, metrics_port: int, workers: int,
-                device: str = "cpu") -> list[str]:
+                device: str = "cpu", frontend: str = "python") -> list[str]:
     return [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
             "--port", str(port), "--metrics-port", str(metrics_port), "--workers",
-            str(workers), "--intra-op-threads", "1", "--device", device, "--log-format", "kv"]
+            str(workers), "--frontend", frontend, "--intra-op-threads", "1", "--device",
+            device, "--log-format", "kv"]
+
+
+def setups(frontends: str, workers: str) -> list[tuple[str, int]]:
+    """(front-end, workers) pairs to measure, in order; native only with one worker."""
+    return [(frontend, count) for frontend in frontends.split(",")
+            for count in (int(w) for w in workers.split(","))
+            if frontend == "python" or count == 1]
 
 
 def non_ok_requests(metrics_port: int) -> int:
@@ -163,11 +173,13 @@ def non_ok_requests(metrics_port: int) -> int:
 
 def measure_server(repository: Path, model: str, data: Path, *, workers: int,
                    concurrencies: list[int], requests: int, server_cpus: str | None,
-                   client_cpus: str | None, out: Path, device: str = "cpu") -> dict:
+                   client_cpus: str | None, out: Path, device: str = "cpu",
+                   frontend: str = "python") -> dict:
     port, metrics_port = free_port(), free_port()
-    server = ServerProcess(f"rnnserve-w{workers}",
-                           server_argv(repository, port, metrics_port, workers, device),
-                           out / f"server-w{workers}.log", port, cpus=server_cpus)
+    name = f"rnnserve-{frontend}-w{workers}"
+    server = ServerProcess(name, server_argv(repository, port, metrics_port, workers, device,
+                                             frontend),
+                           out / f"{name}.log", port, cpus=server_cpus)
     rows = []
     with server.start([model]):
         time.sleep(1.0)
@@ -184,7 +196,8 @@ def measure_server(repository: Path, model: str, data: Path, *, workers: int,
             row.update(concurrency=concurrency, server_cpu_us_per_request=1e6 * cpu / row["done"])
             rows.append(row)
         non_ok = non_ok_requests(metrics_port)
-    return {"workers": workers, "grpc_status_sample": statuses, "non_ok": non_ok, "runs": rows}
+    return {"frontend": frontend, "workers": workers, "grpc_status_sample": statuses,
+            "non_ok": non_ok, "runs": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--frontend", default="python",
+                        help="comma-separated front-ends: python, native")
     parser.add_argument("--placement", default="pinned,unpinned")
     parser.add_argument("--concurrency", default="64,256")
     parser.add_argument("--requests", type=int,
@@ -214,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         server_cpus = (f"1-{cores - 1}" if cores > 2 else "1") if placement == "pinned" else None
         limit = _raw_limit_subprocess(args, "1" if placement == "pinned" else None)
         entry = {"raw_limit_one_core": limit, "servers": []}
-        for workers in (int(w) for w in args.workers.split(",")):
+        for frontend, workers in setups(args.frontend, args.workers):
             entry["servers"].append(measure_server(
                 args.repository, args.model, data, workers=workers,
                 concurrencies=[int(c) for c in args.concurrency.split(",")],
                 requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
-                out=args.out, device=args.device))
+                out=args.out, device=args.device, frontend=frontend))
             print(json.dumps(entry["servers"][-1]), flush=True)
         results["placements"][placement] = entry
     (args.out / "capacity.json").write_text(json.dumps(results, indent=2))
@@ -239,13 +254,18 @@ def plot(results: dict, path: Path) -> None:
     figure, (rate, cost) = plt.subplots(1, 2, figsize=(10, 4))
     for placement, entry in results["placements"].items():
         concurrencies = sorted({run["concurrency"] for s in entry["servers"] for run in s["runs"]})
-        for concurrency in concurrencies:
-            points = [(s["workers"], run) for s in entry["servers"] for run in s["runs"]
-                      if run["concurrency"] == concurrency]
-            label = f"{placement}, c={concurrency}"
-            rate.plot([w for w, _ in points], [r["req_s"] for _, r in points], "o-", label=label)
-            cost.plot([w for w, _ in points], [r["server_cpu_us_per_request"] for _, r in points],
-                      "o-", label=label)
+        frontends = list(dict.fromkeys(s.get("frontend", "python") for s in entry["servers"]))
+        for frontend in frontends:
+            for concurrency in concurrencies:
+                points = [(s["workers"], run) for s in entry["servers"] for run in s["runs"]
+                          if run["concurrency"] == concurrency
+                          and s.get("frontend", "python") == frontend]
+                label = f"{placement}, {frontend}, c={concurrency}"
+                style = "o-" if frontend == "python" else "s--"
+                rate.plot([w for w, _ in points], [r["req_s"] for _, r in points], style,
+                          label=label)
+                cost.plot([w for w, _ in points],
+                          [r["server_cpu_us_per_request"] for _, r in points], style, label=label)
         rate.axhline(entry["raw_limit_one_core"]["sentences_per_s"], linestyle=":",
                      color="grey", label=f"raw tokenize+ORT, 1 core ({placement})")
     rate.set(xlabel="--workers", ylabel="requests/s (h2load)", title="Classify capacity")
@@ -269,9 +289,9 @@ def _raw_limit_subprocess(args, cpus: str | None) -> dict:
 
 def report(results: dict) -> str:
     """Markdown table of a capacity run."""
-    header = ("| placement | workers | concurrency | req/s | × workers 1 | of raw limit (1 core) "
-              "| server CPU µs/request |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    header = ("| placement | front-end | workers | concurrency | req/s | × first setup "
+              "| of raw limit (1 core) | server CPU µs/request |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for placement, entry in results["placements"].items():
         limit = entry["raw_limit_one_core"]["sentences_per_s"]
         base = {}
@@ -279,10 +299,11 @@ def report(results: dict) -> str:
             for run in server["runs"]:
                 base.setdefault(run["concurrency"], run["req_s"])
                 lines.append(
-                    f"| {placement} | {server['workers']} | {run['concurrency']} | "
+                    f"| {placement} | {server.get('frontend', 'python')} | {server['workers']} | "
+                    f"{run['concurrency']} | "
                     f"{run['req_s']:,.0f} | {run['req_s'] / base[run['concurrency']]:.2f} | "
                     f"{run['req_s'] / limit:.2f} | {run['server_cpu_us_per_request']:.0f} |")
-        lines.append(f"| {placement} | raw limit | best batch "
+        lines.append(f"| {placement} | raw limit | | best batch "
                      f"{entry['raw_limit_one_core']['best_batch']} | {limit:,.0f} | | 1.00 | |")
     return "\n".join(lines)
 

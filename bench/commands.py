@@ -69,6 +69,10 @@ def bench_command(
         str, typer.Option(help="capacity suite: the rnnserve serve --workers values to "
                           "measure, comma-separated.")
     ] = "1,2",
+    frontend: Annotated[
+        str, typer.Option(help="capacity suite: the rnnserve serve --frontend values to "
+                          "measure, comma-separated (python, native; native runs --workers 1).")
+    ] = "python",
 ) -> None:
     """Benchmark the server against the raw ONNX Runtime limit (and, in full, peer servers).
 
@@ -81,7 +85,7 @@ def bench_command(
         if len(models) != 1:
             raise typer.BadParameter("the capacity suite measures one --model")
         argv = ["--repository", str(repository), "--model", models[0], "--workers", workers,
-                "--out", str(out), "--install"]
+                "--frontend", frontend, "--out", str(out), "--install"]
         if placement is not None and placement is not Placement.both:
             argv += ["--placement", placement.value]
         raise typer.Exit(capacity.main(argv))

@@ -45,6 +45,7 @@ from .settings import ServerSettings
 from .streaming import Drain
 from .telemetry import ServerTelemetry
 from .text_api import SERVICE as TEXT_SERVICE
+from .text_api import SERVICE_DESCRIPTOR as TEXT_DESCRIPTOR
 from .text_api import SentimentServicer, add_to_server
 
 log = logging.getLogger("rnnserve.server.app")
@@ -82,6 +83,7 @@ class RnnServer:
         self.drain = Drain()                 # open streams of both APIs
         self.text = SentimentServicer(self.registry, settings, self.drain)
         self.kserve = None
+        self.native = None                   # the C++ front-end (--frontend native)
         self.port = 0
         self.metrics = None
         self.metrics_port: int | None = None
@@ -114,16 +116,23 @@ class RnnServer:
 
             select_provider(settings.device, settings.cuda_device_id)   # --device cuda fails here
         receive = settings.max_message_bytes
-        options = [("grpc.max_receive_message_length", receive),
-                   ("grpc.max_send_message_length", max(4 * receive, 16 * 1024 * 1024)),
-                   *security.server_options(settings)]
-        if self.share_port:
+        public = [("grpc.max_receive_message_length", receive),
+                  ("grpc.max_send_message_length", max(4 * receive, 16 * 1024 * 1024)),
+                  *security.server_options(settings)]
+        native = settings.frontend == "native" and not self.share_port
+        if native:       # the front-end enforces the public limits; this socket is private
+            options = [("grpc.max_receive_message_length", -1),
+                       ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
+        elif self.share_port:
             options = [(key, 1 if key == "grpc.so_reuseport" else value)
-                       for key, value in options]
+                       for key, value in public]
+        else:
+            options = public
         self.server = aio.server(options=options,
                                  interceptors=security.server_interceptors(settings))
-        add_to_server(self.text, self.server)
-        self.kserve = kserve.register(self.server, self.registry, settings, self.drain)
+        api = _Registrar(self.server)
+        add_to_server(self.text, api)
+        self.kserve = kserve.register(api, self.registry, settings, self.drain)
         self.server.add_generic_rpc_handlers((generic_handler(
             health_pb2.DESCRIPTOR.services_by_name["Health"], self.health,
             parser_for=lambda method: getattr(health_pb2, method.input_type.name).FromString,
@@ -137,18 +146,28 @@ class RnnServer:
 
         address = f"{settings.host}:{settings.port}"
         credentials = security.server_credentials(settings)
-        try:
-            if credentials is None:
-                self.port = self.server.add_insecure_port(address)
-            else:
-                self.port = self.server.add_secure_port(address, credentials)
-        except RuntimeError as exc:            # grpc reports a failed bind this way
-            raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {address}")
-        await self.server.start()
+        if native:
+            from .native_frontend import NativeFrontend, unary_handlers
+
+            self.native = NativeFrontend(
+                unary_handlers(api.handlers, (TEXT_DESCRIPTOR, kserve.SERVICE_DESCRIPTOR)),
+                listen=address, options=public, grace=settings.grace_seconds)
+            self.server.add_insecure_port(f"unix:{self.native.backend}")
+            await self.server.start()
+            self.port = await self.native.start()
+        else:
+            try:
+                if credentials is None:
+                    self.port = self.server.add_insecure_port(address)
+                else:
+                    self.port = self.server.add_secure_port(address, credentials)
+            except RuntimeError as exc:            # grpc reports a failed bind this way
+                raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
+            if self.port == 0:
+                raise OSError(f"cannot bind gRPC port {address}")
+            await self.server.start()
         log_event(log, "listening", host=settings.host, port=self.port,
-                  tls=credentials is not None)
+                  tls=credentials is not None, frontend="native" if native else "python")
         self.listening.set()
         self._start_metrics()
 
@@ -219,13 +238,22 @@ class RnnServer:
         await self.health.enter_graceful_shutdown()
         if settings.drain_delay_seconds > 0:
             await asyncio.sleep(settings.drain_delay_seconds)
-        stopping = None
-        if self.server is not None:
-            stopping = asyncio.ensure_future(self.server.stop(grace))
-            await asyncio.sleep(0)     # no new RPCs from here on
-        self.drain.begin()
-        if stopping is not None:
-            await stopping
+        if self.native is not None:
+            # The front-end stops taking calls and finishes those in flight; the private
+            # server stays up until it has passed every answer on (stopping it first could
+            # cut a drained stream's trailers off while the front-end still writes to it).
+            self.native.begin_shutdown()
+            self.drain.begin()
+            await self.native.wait_stopped(max(0.0, grace - (time.perf_counter() - started)))
+            await self.server.stop(max(0.0, grace - (time.perf_counter() - started)))
+        else:
+            stopping = None
+            if self.server is not None:
+                stopping = asyncio.ensure_future(self.server.stop(grace))
+                await asyncio.sleep(0)     # no new RPCs from here on
+            self.drain.begin()
+            if stopping is not None:
+                await stopping
         remaining = max(0.0, grace - (time.perf_counter() - started))
         await self.registry.close(timeout=remaining)
         if self.metrics is not None:
@@ -236,8 +264,23 @@ class RnnServer:
     async def abort(self) -> None:
         """Stop now: cancel every call (second signal)."""
         log_event(log, "abort", level=logging.WARNING)
+        if self.native is not None:
+            self.native.kill()
         if self.server is not None:
             await self.server.stop(0)
+
+
+class _Registrar:
+    """Passes servicers' handlers on to the grpc.aio server and keeps them, so that the
+    native front-end's calls reach the very same handlers (server/native_frontend.py)."""
+
+    def __init__(self, server: aio.Server) -> None:
+        self.server = server
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.handlers.extend(handlers)
+        self.server.add_generic_rpc_handlers(handlers)
 
 
 async def run(settings: ServerSettings, make_server=RnnServer) -> int:

@@ -47,6 +47,10 @@ def serve_command(
     workers: Annotated[str | None, setting_option(
         help="Front-end processes sharing the port: a number, or auto (= the CPUs available).",
         default=1, metavar="<int|auto>")] = None,
+    frontend: Annotated[str | None, setting_option(
+        help="What carries gRPC on the port: python (grpc.aio) or native (a C++ front-end, "
+             "compiled on first use; one process, no TLS or tokens).", default="python",
+        metavar="<python|native>")] = None,
     model_control: Annotated[str | None, setting_option(
         help="How versions are loaded while serving: none (those found at start-up until "
              "exit), poll (rescan the repository) or explicit (KServe load/unload RPCs).",

@@ -36,7 +36,7 @@ from .guarded import generic_handler
 from .kserve_infer import ParsedRequest, ServedShape, build_response, parse_request
 from .kserve_models import full_shape, served_config, tensor_specs
 from .kserve_registry import ServedModels, view_statistics
-from .quota import ANONYMOUS, client_of
+from .quota import ANONYMOUS, caller
 from .streaming import DRAINED, Drain, StreamPump
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self._models = ServedModels(registry, settings)
         self._version = _server_version()
         self._drain = drain
-        self._by_token = settings.auth_enabled
+        self._settings = settings
 
     # ------------------------------------------------------------------ health/metadata
 
@@ -229,7 +229,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         sequence step works out its caller (per-client quota), so stateless calls skip it."""
         if parsed.sequence is None:
             return await engine.classify(parsed.texts, api=API)
-        client = ANONYMOUS if context is None else client_of(context, by_token=self._by_token)
+        client = ANONYMOUS if context is None else caller(context, self._settings)
         control = parsed.sequence
         engine = self._models.sequence_engine(view, version, control.sequence_id,
                                               control.start)
@@ -269,12 +269,14 @@ for _rpc, _reason in UNIMPLEMENTED_RPCS.items():
     setattr(KServeServicer, _rpc, _unimplemented(_rpc, _reason))
 
 
+SERVICE_DESCRIPTOR = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
 def register(server, registry, settings, drain: Drain) -> KServeServicer:
     """Add the KServe v2 servicer to ``server`` (a ``grpc.aio.Server``); return it."""
     servicer = KServeServicer(registry, settings, drain)
-    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     server.add_generic_rpc_handlers((generic_handler(
-        service, servicer,
+        SERVICE_DESCRIPTOR, servicer,
         parser_for=lambda method: getattr(service_pb2, method.input_type.name).FromString,
         serializer_for=lambda method: getattr(
             service_pb2, method.output_type.name).SerializeToString),))
@@ -282,4 +284,4 @@ def register(server, registry, settings, drain: Drain) -> KServeServicer:
 
 
 #: The full gRPC service name, for reflection and health.
-SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SERVICE_NAME = SERVICE_DESCRIPTOR.full_name

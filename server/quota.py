@@ -24,6 +24,10 @@ from .security import bearer_token
 #: Client of calls that carry no identity (in-process use, tests of the engine alone).
 ANONYMOUS = ""
 
+#: Metadata key with the caller's address, set by the native front-end on every call it
+#: hands over (server/native_frontend.py); trusted only when the server runs behind it.
+FORWARDED_PEER = "rnnserve-peer"
+
 
 class SequenceQuota:
     """Counts open sequences per client against ``limit`` (0 = unlimited)."""
@@ -47,15 +51,26 @@ class SequenceQuota:
             del self.count[client]
 
 
-def client_of(context, *, by_token: bool) -> str:
+def caller(context, settings) -> str:
+    """The identity :func:`client_of` gives the caller of ``context`` on a server with
+    ``settings`` (tokens when authentication is on; forwarded addresses behind the native
+    front-end)."""
+    return client_of(context, by_token=settings.auth_enabled,
+                     forwarded=settings.frontend == "native")
+
+
+def client_of(context, *, by_token: bool, forwarded: bool = False) -> str:
     """Identity of the caller of a gRPC ``context``: its token's digest when ``by_token``
-    (authentication is on), else its peer host."""
-    metadata = (context.invocation_metadata() or ()) if by_token else ()
-    for key, value in metadata:
+    (authentication is on), else its peer host; ``forwarded``: the peer is the one the
+    native front-end put in the metadata (the context's own is the front-end's socket)."""
+    metadata = (context.invocation_metadata() or ()) if by_token or forwarded else ()
+    for key, value in metadata if by_token else ():
         token = bearer_token(value) if key == "authorization" else None
         if token:      # the parsed token: scheme case or spacing cannot make a new identity
             return "token:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
     peer = context.peer() or ""
+    if forwarded:
+        peer = next((value for key, value in metadata if key == FORWARDED_PEER), peer)
     # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path" -> drop the port
     if peer.startswith(("ipv4:", "ipv6:")):
         host, _, _port = peer.rpartition(":")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from .security import SecuritySettings
@@ -23,6 +23,7 @@ Device = Literal["auto", "cpu", "cuda"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 LogFormat = Literal["json", "kv"]
 ModelControl = Literal["none", "poll", "explicit"]
+Frontend = Literal["python", "native"]
 
 
 class ServerSettings(SecuritySettings):
@@ -55,6 +56,12 @@ class ServerSettings(SecuritySettings):
                                            "everything; above 1 one engine process does the "
                                            "batching, sequence state and ONNX Runtime for "
                                            "all of them (docs/architecture.md).")
+
+    frontend: Frontend = Field("python", description="What carries gRPC on the public port: "
+                               "python (grpc.aio in the server process) or native (a C++ "
+                               "gRPC front-end the server starts and compiles on first use; "
+                               "about twice the requests per core, one process only, no TLS "
+                               "or tokens yet; docs/architecture.md).")
 
     model_control: ModelControl = Field("none", description="none: the versions loaded at "
                                         "start-up are served until exit; poll: rescan the "
@@ -164,6 +171,18 @@ class ServerSettings(SecuritySettings):
         if value != "auto" and int(value) < 1:
             raise ValueError("workers must be at least 1, or auto")
         return value
+
+    @model_validator(mode="after")
+    def _native_frontend(self) -> ServerSettings:
+        if self.frontend != "native":
+            return self
+        unsupported = [name for name, on in (
+            ("workers above 1", self.workers != 1), ("TLS (tls_cert)", self.tls_cert is not None),
+            ("bearer tokens (auth_token)", self.auth_enabled)) if on]
+        if unsupported:
+            raise ValueError(f"frontend native does not support {', '.join(unsupported)} yet; "
+                             "use frontend python for these")
+        return self
 
     @field_validator("log_level")
     @classmethod

@@ -30,12 +30,13 @@ from rnnserve.protos import sentiment_pb2 as pb
 from .errors import FailedPrecondition, InvalidArgument, ServingError
 from .guarded import generic_handler
 from .prediction import Prediction
-from .quota import client_of
+from .quota import caller
 from .settings import ServerSettings
 from .streaming import DRAINED, Drain, StreamPump
 from .wire import decode, decode_all, request_class, sequence_id
 
 SERVICE = "rnnserve.v1.Sentiment"
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["Sentiment"]
 
 #: Trailing-metadata key of the snapshot a drained stream ends with.
 STATE_TRAILER = "rnnserve-sequence-state-bin"
@@ -122,7 +123,7 @@ class SentimentServicer:
         return self.registry.lookup(*_target(request, snapshot), default=True)[1]
 
     def _client(self, context) -> str:
-        return client_of(context, by_token=self.settings.auth_enabled)
+        return caller(context, self.settings)
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -281,8 +282,7 @@ def _sequence_key(request) -> int | str:
 def add_to_server(servicer: SentimentServicer, server: aio.Server) -> None:
     """Register ``servicer``; requests are parsed in the handler through the UTF-8-tolerant
     mirrors (malformed bytes -> INVALID_ARGUMENT, see server/guarded.py)."""
-    service = pb.DESCRIPTOR.services_by_name["Sentiment"]
     server.add_generic_rpc_handlers((generic_handler(
-        service, servicer,
+        SERVICE_DESCRIPTOR, servicer,
         parser_for=lambda method: request_class(method.input_type.name).FromString,
         serializer_for=lambda method: getattr(pb, method.output_type.name).SerializeToString),))

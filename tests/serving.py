@@ -207,9 +207,26 @@ def start_server(repository: Path | str, *, subprocess: bool = False,
     ``env`` adds environment variables for the subprocess flavour.
     """
     values = {**TEST_DEFAULTS, **settings, "repository": str(repository)}
+    _skip_what_the_native_frontend_lacks(values, env or {})
     if subprocess:
         return _start_process(values, ready_timeout, env or {})
     return _start_in_process(values, ready_timeout, wait_ready)
+
+
+#: Settings the native front-end refuses (server/settings.py); with RNNSERVE_FRONTEND=native
+#: (the Makefile's test-native pass) a test that needs one of them skips.
+NATIVE_UNSUPPORTED = ("auth_token", "auth_token_file", "tls_cert", "workers")
+
+
+def _skip_what_the_native_frontend_lacks(values: dict[str, Any], env: dict[str, str]) -> None:
+    if os.environ.get("RNNSERVE_FRONTEND") != "native" or "frontend" in values:
+        return
+    needs = [key for key in NATIVE_UNSUPPORTED
+             if values.get(key) not in (None, 1) or f"RNNSERVE_{key.upper()}" in env]
+    if needs:
+        import pytest
+
+        pytest.skip(f"the native front-end has no {', '.join(needs)}")
 
 
 def _start_in_process(values: dict[str, Any], ready_timeout: float,

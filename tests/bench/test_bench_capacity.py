@@ -1,6 +1,7 @@
 """Smoke test of ``rnnserve bench --suite capacity`` (h2load, C client) on the tiny repository.
 
-It checks that the run completes for ``--workers`` 1 and 2, that every sampled answer had
+It checks that the run completes for ``--workers`` 1 and 2 and the native front-end, that
+every sampled answer had
 ``grpc-status: 0`` and the server counted no request other than OK, and that the numbers
 are sane; never wall-clock thresholds (CI shares two cores).
 """
@@ -27,14 +28,15 @@ def test_capacity_suite_runs_clean(tiny_repository, tmp_path):
     result = CliRunner().invoke(app, [
         "bench", "--suite", "capacity", "--repository", str(tiny_repository),
         "--model", "tiny-lstm", "--out", str(out), "--workers", "1,2",
-        "--placement", "unpinned",
+        "--frontend", "python,native", "--placement", "unpinned",
     ], env={"RNNSERVE_CAPACITY_REQUESTS": "1500"})
     assert result.exit_code == 0, result.output + repr(result.exception)
     results = json.loads((out / "capacity.json").read_text())
     entry = results["placements"]["unpinned"]
     limit = entry["raw_limit_one_core"]
     assert limit["best_batch"] in capacity.RAW_BATCHES and limit["sentences_per_s"] > 0
-    assert [server["workers"] for server in entry["servers"]] == [1, 2]
+    assert [(server["frontend"], server["workers"]) for server in entry["servers"]] == [
+        ("python", 1), ("python", 2), ("native", 1)]
     for server in entry["servers"]:
         assert server["grpc_status_sample"] == ["0"] * len(server["grpc_status_sample"])
         assert server["non_ok"] == 0
@@ -42,4 +44,5 @@ def test_capacity_suite_runs_clean(tiny_repository, tmp_path):
             assert run["http_failed"] == 0 and run["done"] == run["http_ok"] > 0
             assert math.isfinite(run["req_s"]) and run["req_s"] > 0
             assert run["server_cpu_us_per_request"] > 0
-    assert "| unpinned | 2 |" in capacity.report(results)
+    table = capacity.report(results)
+    assert "| unpinned | python | 2 |" in table and "| unpinned | native | 1 |" in table

@@ -1,0 +1,314 @@
+"""The native front-end (``--frontend native``): a C++ gRPC server on the public port.
+
+grpc.aio costs ~110-200 µs of one core per call before any work is done; grpc's C++ server
+~22 µs (docs/architecture.md §5). With ``--frontend native`` the server process starts the
+C++ front-end (server/native/frontend.cc, compiled on first use against Debian's
+``libgrpc++-dev``) and keeps every behaviour of its own:
+
+- the unary methods of the text API and KServe v2 reach this process as request bytes over
+  one Unix socket (:class:`CallEndpoint`) and run the very servicer methods, parsers and
+  serializers that grpc.aio runs (server/guarded.py), so answers, statuses and messages are
+  the same;
+- every other method (streams, health, reflection) is proxied by the front-end, unchanged,
+  to this process's grpc.aio server, which then listens on a private Unix socket only.
+
+The caller's address travels with each call (``rnnserve-peer``, see server/quota.py), so the
+per-client quota counts real clients.
+
+Invariants:
+- The Unix sockets live in a fresh 0700 directory; nothing else can connect to them.
+- Each call frame gets at most one reply frame; a cancel frame cancels the call's task and
+  no reply is sent for it.
+- The front-end exits when this process's socket closes, so it never outlives the server;
+  :class:`NativeFrontend` restarts it if it dies while serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from .logs import log_event
+
+log = logging.getLogger("rnnserve.server.native")
+
+SOURCE = Path(__file__).with_name("native") / "frontend.cc"
+COMPILER_FLAGS = ("-O2", "-std=c++17")
+BUILD_HELP = ("the native front-end is compiled on first use and needs g++, pkg-config and "
+              "gRPC's C++ headers (Debian: apt install g++ pkg-config libgrpc++-dev)")
+
+_CALL, _CANCEL = 1, 2
+_HEADER = struct.Struct("<IBQHH")        # size, kind, id, method, peer size
+_REPLY = struct.Struct("<IQBI")          # size, id, status code, message size
+
+#: A raw unary handler (server/guarded.py) and the serializer of its response.
+Handler = tuple[Callable, Callable[[object], bytes]]
+
+
+class BuildError(RuntimeError):
+    """The front-end binary cannot be built here."""
+
+
+def binary(cache: Path | None = None) -> Path:
+    """The compiled front-end for the current source, built once per source version into
+    ``cache`` (default ``$RNNSERVE_NATIVE_CACHE`` or ``~/.cache/rnnserve/native``)."""
+    cache = cache or Path(os.environ.get("RNNSERVE_NATIVE_CACHE", "~/.cache/rnnserve/native"))
+    cache = cache.expanduser()
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source + " ".join(COMPILER_FLAGS).encode()).hexdigest()[:16]
+    target = cache / f"rnnserve-frontend-{digest}"
+    if target.exists():
+        return target
+    compiler = shutil.which("g++")
+    pkg_config = shutil.which("pkg-config")
+    if compiler is None or pkg_config is None:
+        raise BuildError(f"g++ or pkg-config is missing: {BUILD_HELP}")
+    flags = subprocess.run([pkg_config, "--cflags", "--libs", "grpc++"], check=False,
+                           capture_output=True, text=True)
+    if flags.returncode != 0:
+        raise BuildError(f"pkg-config knows no grpc++ ({flags.stderr.strip()}): {BUILD_HELP}")
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    built = subprocess.run([compiler, *COMPILER_FLAGS, str(SOURCE), "-o", str(partial),
+                            *flags.stdout.split()], check=False, capture_output=True, text=True)
+    if built.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise BuildError(f"compiling {SOURCE.name} failed:\n{built.stderr[-2000:]}")
+    partial.replace(target)               # atomic: concurrent builders agree
+    return target
+
+
+def unary_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
+                   services) -> dict[str, Handler]:
+    """Every unary method of ``services`` (ServiceDescriptors) that one of the registered
+    ``generic_handlers`` serves: ``/package.Service/Method`` -> (handler, serializer)."""
+    table: dict[str, Handler] = {}
+    for service in services:
+        for method in service.methods:
+            if method.client_streaming or method.server_streaming:
+                continue
+            path = f"/{service.full_name}/{method.name}"
+            details = _CallDetails(path)
+            for generic in generic_handlers:
+                found = generic.service(details)
+                if found is not None and found.unary_unary is not None:
+                    table[path] = (found.unary_unary, found.response_serializer or bytes)
+                    break
+    return table
+
+
+class _CallDetails(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+class CallContext:
+    """What the servicers' unary methods use of a grpc.aio ServicerContext, for a call that
+    arrived as a frame: the caller's address and ``abort``."""
+
+    __slots__ = ("_peer", "code", "details")
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+        self.code = grpc.StatusCode.UNKNOWN
+        self.details = ""
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple:
+        from .quota import FORWARDED_PEER
+        return ((FORWARDED_PEER, self._peer),)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
+        self.code, self.details = code, details
+        raise aio.AbortError()
+
+
+class CallEndpoint(asyncio.Protocol):
+    """This process's end of one front-end's calls socket (frames: server/native/frontend.cc)."""
+
+    def __init__(self, handlers: list[Handler]) -> None:
+        self._handlers = handlers
+        self._buffer = bytearray()
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._outbox: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self._transport = None
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset, size = 0, len(buffer)
+        header = _HEADER.size
+        while size - offset >= header:
+            length, kind, call, method, peer_size = _HEADER.unpack_from(buffer, offset)
+            end = offset + 4 + length
+            if end > size:
+                break
+            if kind == _CALL:
+                start = offset + header
+                peer = bytes(buffer[start:start + peer_size]).decode("utf-8", "replace")
+                payload = bytes(buffer[start + peer_size:end])
+                self._tasks[call] = self._loop.create_task(
+                    self._run(call, method, peer, payload))
+            else:
+                task = self._tasks.pop(call, None)
+                if task is not None:
+                    task.cancel()
+            offset = end
+        del buffer[:offset]
+
+    async def _run(self, call: int, method: int, peer: str, payload: bytes) -> None:
+        handle, serialize = self._handlers[method]
+        context = CallContext(peer)
+        try:
+            response = await handle(payload, context)
+            self._reply(call, 0, "", serialize(response))
+        except aio.AbortError:
+            self._reply(call, context.code.value[0], context.details, b"")
+        except asyncio.CancelledError:
+            return                          # cancelled by the caller: the front-end answered
+        except Exception as exc:       # the same answer grpc.aio gives
+            log.exception("unary call failed")
+            self._reply(call, grpc.StatusCode.UNKNOWN.value[0],
+                        f"Unexpected {type(exc)}: {exc}", b"")
+        finally:
+            self._tasks.pop(call, None)
+
+    def _reply(self, call: int, code: int, message: str, body: bytes) -> None:
+        text = message.encode("utf-8")
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append(_REPLY.pack(13 + len(text) + len(body), call, code, len(text)))
+        self._outbox.append(text + body if text else body)
+
+    def _flush(self) -> None:
+        if self._transport is not None and self._outbox:
+            self._transport.write(b"".join(self._outbox))
+        self._outbox.clear()
+
+
+class NativeFrontend:
+    """Starts, watches and stops the C++ front-end of one server process."""
+
+    def __init__(self, handlers: dict[str, Handler], *, listen: str,
+                 options: list[tuple[str, int]], grace: float) -> None:
+        self._paths = list(handlers)
+        self._handlers = list(handlers.values())
+        self._listen = listen
+        self._options = options
+        self._grace = grace
+        self.directory = Path(tempfile.mkdtemp(prefix="rnnserve-native-"))   # 0700
+        self.backend = self.directory / "grpc.sock"
+        self._calls = self.directory / "calls.sock"
+        self._binary: Path | None = None
+        self._unix_server: asyncio.AbstractServer | None = None
+        self._process: subprocess.Popen | None = None
+        self._watch: asyncio.Task | None = None
+        self._stopping = False
+        self.port = 0
+        self.restarts = 0
+
+    async def start(self) -> int:
+        """Build (first use), listen for the front-end's calls socket, start the front-end;
+        returns the public port it bound."""
+        loop = asyncio.get_running_loop()
+        self._binary = await loop.run_in_executor(None, binary)
+        self._unix_server = await loop.create_unix_server(
+            lambda: CallEndpoint(self._handlers), path=str(self._calls))
+        await self._spawn(self._listen)
+        host = self._listen.rpartition(":")[0]
+        self._listen = f"{host}:{self.port}"      # a restart binds the same port
+        self._watch = loop.create_task(self._supervise())
+        return self.port
+
+    async def _spawn(self, listen: str) -> None:
+        command = [str(self._binary), "--listen", listen, "--backend", str(self.backend),
+                   "--calls", str(self._calls), "--grace", str(self._grace)]
+        for path in self._paths:
+            command += ["--unary", path]
+        for key, value in self._options:
+            command += ["--arg", f"{key}={value}"]
+        # subprocess.Popen (vfork) rather than the loop's fork: grpc's threads are running.
+        loop = asyncio.get_running_loop()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE)  # noqa: ASYNC220 - vfork, fast
+        line = await loop.run_in_executor(None, process.stdout.readline)
+        process.stdout.close()
+        if not line.startswith(b"listening "):
+            await loop.run_in_executor(None, process.wait)
+            raise OSError(f"cannot bind gRPC port {listen} (native front-end exited with "
+                          f"status {process.returncode})")
+        self.port = int(line.split()[1])
+        self._process = process
+        log_event(log, "native_frontend_started", pid=process.pid, port=self.port)
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            status = await loop.run_in_executor(None, self._process.wait)
+            if self._stopping:
+                return
+            self.restarts += 1
+            log_event(log, "native_frontend_exited", level=logging.WARNING, status=status,
+                      restarts=self.restarts)
+            try:
+                await self._spawn(self._listen)
+            except OSError as exc:
+                log_event(log, "native_frontend_restart_failed", level=logging.ERROR,
+                          error=str(exc))
+                await asyncio.sleep(0.1)
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting calls; those in flight finish within the grace period."""
+        self._stopping = True
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Stop at once: every call in flight on the front-end fails (UNAVAILABLE)."""
+        self._stopping = True
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+
+    async def wait_stopped(self, timeout: float) -> None:
+        """Wait for the front-end's exit (killed after ``timeout``), then clean up."""
+        process = self._process
+        if process is not None:
+            loop = asyncio.get_running_loop()
+            try:    # the front-end gives up on its calls at the same deadline by itself
+                await asyncio.wait_for(loop.run_in_executor(None, process.wait), timeout + 2)
+            except TimeoutError:
+                process.kill()
+                await loop.run_in_executor(None, process.wait)
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._unix_server is not None:
+            self._unix_server.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid

@@ -1,0 +1,264 @@
+"""``--frontend native``: the C++ gRPC front-end in front of the same server.
+
+Real servers on loopback, real clients; the binary is compiled from server/native/frontend.cc
+by the code under test. The protocol suites also run whole through this front-end (the
+Makefile's ``test-native`` pass); these tests cover what only it has: the two routes
+agreeing with grpc.aio, forwarded caller addresses, restarts and process hygiene.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import figures
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from offline import GRU, LSTM
+from rnnserve.protos import sentiment_pb2 as pb
+from rnnserve.protos import sentiment_pb2_grpc
+from sequence_support import step
+from serving import start_server
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def frontend_binary():
+    """The compiled front-end; CI sets RNNSERVE_REQUIRE_NATIVE=1 so a missing toolchain fails."""
+    from rnnserve.server.native_frontend import BuildError, binary
+
+    try:
+        return binary()
+    except BuildError as exc:
+        if os.environ.get("RNNSERVE_REQUIRE_NATIVE") == "1":
+            raise
+        pytest.skip(f"native front-end cannot be built here: {exc}")
+
+
+@pytest.fixture(scope="module")
+def both(tiny_repository, frontend_binary):
+    """A grpc.aio server and a native-front-end server on the same repository."""
+    with (start_server(tiny_repository, frontend="python") as python,
+          start_server(tiny_repository, frontend="native") as native):
+        yield python, native
+
+
+def _frontend_pids(server_pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(server_pid), "-f", "rnnserve-frontend"],
+                         capture_output=True, text=True, check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:          # a zombie is gone for our purposes
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_answers_are_offline_logits_through_both_routes(both, offline):
+    _, native = both
+    channel = native.channel()
+    stub = sentiment_pb2_grpc.SentimentStub(channel)
+    texts = ["a great film", "the plot was boring and the ending awful", "fun"]
+    for model in (LSTM, GRU):                      # unary: the calls socket
+        response = stub.Classify(pb.ClassifyRequest(texts=texts, model=model), timeout=30)
+        for prediction, text in zip(response.predictions, texts, strict=True):
+            np.testing.assert_allclose(prediction.logits, offline[model].logits(text),
+                                       atol=TOLERANCE, rtol=0)
+    chunks = ["the film", "was great", "but the ending was awful"]   # stream: the proxy
+    answers = list(stub.StreamClassify(iter(
+        [pb.StreamClassifyRequest(text=chunks[0], model=GRU)]
+        + [pb.StreamClassifyRequest(text=c) for c in chunks[1:]]), timeout=30))
+    np.testing.assert_allclose([a.prediction.logits for a in answers],
+                               offline[GRU].stream(chunks), atol=TOLERANCE, rtol=0)
+
+
+BAD_REQUESTS = [
+    ("/rnnserve.v1.Sentiment/Classify", pb.ClassifyRequest(texts=["x"], model="nope")
+     .SerializeToString()),
+    ("/rnnserve.v1.Sentiment/Classify", pb.ClassifyRequest(model=LSTM).SerializeToString()),
+    ("/rnnserve.v1.Sentiment/Classify", pb.ClassifyRequest(texts=["x"]).SerializeToString()),
+    ("/rnnserve.v1.Sentiment/Classify", b"\x0a\x02\xff\xfe"),           # invalid UTF-8
+    ("/rnnserve.v1.Sentiment/Classify", b"\xff\xff\xff"),               # not protobuf
+    ("/rnnserve.v1.Sentiment/Classify", pb.ClassifyRequest(texts=["x" * 5_000_000])
+     .SerializeToString()),                                            # over the limit
+    ("/rnnserve.v1.Sentiment/NoSuchMethod", b""),
+    ("/inference.GRPCInferenceService/ModelInfer", b"\x0a\x04nope"),
+    ("/inference.GRPCInferenceService/ModelInfer", b"\x0a"),
+    ("/inference.GRPCInferenceService/ModelMetadata", b"\x0a\x04nope"),
+    ("/grpc.health.v1.Health/Check", b"\x0a\x07unknown"),
+]
+
+
+@pytest.mark.parametrize(("method", "body"), BAD_REQUESTS,
+                         ids=[f"{m.rsplit('/', 1)[1]}-{i}" for i, (m, _) in
+                              enumerate(BAD_REQUESTS)])
+def test_bad_requests_get_the_same_status_and_message(both, method, body):
+    answers = []
+    for server in both:
+        call = server.channel().unary_unary(method)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(body, timeout=30)
+        answers.append((caught.value.code(), caught.value.details()))
+    (python_code, python_message), (native_code, native_message) = answers
+    assert native_code == python_code
+    # grpc's own size check words it by its version: Debian's 1.51 lacks the "SERVER: "
+    assert native_message == python_message.removeprefix("SERVER: ")
+
+
+def test_deadlines_and_cancellation_reach_the_server_through_the_proxy(both):
+    _, native = both
+    stub = sentiment_pb2_grpc.SentimentStub(native.channel())
+    store = native.registry.get(GRU).store
+    hold = threading.Event()
+
+    def chunks():
+        yield pb.StreamClassifyRequest(text="a great", model=GRU)
+        hold.wait(30)                               # the client stays silent, stream open
+
+    for end in ("deadline", "cancel"):
+        stream = stub.StreamClassify(chunks(), timeout=1.5 if end == "deadline" else 30)
+        next(stream)
+        assert native.run_sync(lambda: len(store)) == 1
+        if end == "cancel":
+            stream.cancel()
+        with pytest.raises(grpc.RpcError) as caught:
+            next(stream)
+        assert caught.value.code() == (grpc.StatusCode.DEADLINE_EXCEEDED if end == "deadline"
+                                       else grpc.StatusCode.CANCELLED)
+        deadline = time.monotonic() + 10            # the server ends the sequence too
+        while native.run_sync(lambda: len(store)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert native.run_sync(lambda: len(store)) == 0, f"{end}: the sequence leaked"
+    hold.set()
+
+
+def test_a_kserve_sequence_continues_over_new_connections(both, offline):
+    _, native = both
+    chunks = ["the film", "was great fun", "but the ending", "was awful"]
+    got = []
+    for i, chunk in enumerate(chunks):              # a new client (connection) per step
+        client = triton.InferenceServerClient(native.address)
+        got.append(step(client, LSTM, chunk, 77, start=i == 0, end=i == len(chunks) - 1))
+        client.close()
+    np.testing.assert_allclose(got, offline[LSTM].stream(chunks), atol=TOLERANCE, rtol=0)
+
+
+def test_the_quota_sees_real_callers_and_ignores_forged_addresses(tiny_repository,
+                                                                   frontend_binary):
+    with start_server(tiny_repository, frontend="native", max_sequences_per_client=1) as server:
+        client = triton.InferenceServerClient(server.address)
+        step(client, LSTM, "one", 1, start=True)
+        forged = [("rnnserve-peer", "ipv4:10.9.9.9")]
+        stub = sentiment_pb2_grpc.SentimentStub(server.channel())
+        with pytest.raises(grpc.RpcError) as caught:       # proxied route
+            list(stub.StreamClassify(iter([pb.StreamClassifyRequest(text="x", model=GRU)]),
+                                     metadata=forged, timeout=30))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(triton.InferenceServerException) as refused:    # calls route
+            client.infer(f"{LSTM}-stream", [_text("two")], sequence_id=2, sequence_start=True,
+                         headers=dict(forged))
+        assert "per-client limit is 1" in str(refused.value)
+        step(client, LSTM, "end", 1, end=True)              # the slot comes back
+        step(client, LSTM, "two", 2, start=True, end=True)
+        client.close()
+
+
+def _text(text: str) -> triton.InferInput:
+    tensor = triton.InferInput("TEXT", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[text]], dtype=object))
+    return tensor
+
+
+def test_native_settings_refuse_what_the_frontend_cannot_do():
+    from pydantic import ValidationError
+    from rnnserve.server.settings import ServerSettings
+
+    for extra in ({"workers": 2}, {"auth_token": "secret"}):
+        with pytest.raises(ValidationError, match="frontend native does not support"):
+            ServerSettings(frontend="native", **extra)
+
+
+def test_a_killed_frontend_is_restarted_and_serving_within_two_seconds(tiny_repository,
+                                                                        frontend_binary):
+    with start_server(tiny_repository, subprocess=True, frontend="native") as server:
+        [frontend] = _frontend_pids(server.process.pid)
+        quick_reconnect = [("grpc.initial_reconnect_backoff_ms", 20),
+                           ("grpc.max_reconnect_backoff_ms", 50)]
+        stub = sentiment_pb2_grpc.SentimentStub(server.channel(quick_reconnect))
+        request = pb.ClassifyRequest(texts=["a great film"], model=LSTM)
+        outcomes: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    stub.Classify(request, timeout=5)
+                    outcomes.append("ok")
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+                    time.sleep(0.01)                   # no tight loop on a closed port
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        before = len(outcomes)
+        killed = time.monotonic()
+        os.kill(frontend, signal.SIGKILL)
+        recovered = None
+        while time.monotonic() - killed < 10:   # a new connection per probe, as a prober makes
+            with server.channel() as channel:
+                try:
+                    status = health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=0.2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        recovered = time.monotonic() - killed
+                        break
+                except grpc.RpcError:
+                    time.sleep(0.01)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert recovered is not None and recovered < 2.0, f"serving again after {recovered}"
+        assert server.find_event("native_frontend_exited") is not None
+        [restarted] = _frontend_pids(server.process.pid)
+        assert restarted != frontend
+        failed = [o for o in outcomes if o != "ok"]
+        assert set(failed) <= {"UNAVAILABLE"}, failed      # only calls the kill cut off
+        with server.channel() as channel:                   # (or clients still backing off)
+            answer = sentiment_pb2_grpc.SentimentStub(channel).Classify(request, timeout=10)
+        assert answer.model == LSTM
+        figures.report(f"native front-end SIGKILL under load: {len(outcomes)} requests "
+                       f"({before} before the kill), {len(failed)} failed (UNAVAILABLE; 4 "
+                       f"clients, each retrying 10 ms after a failure), health SERVING again after "
+                       f"{recovered:.2f} s")
+        assert server.stop() == 0
+        assert not _alive(restarted)
+
+
+def test_sigterm_exits_zero_and_server_death_takes_the_frontend_along(tiny_repository,
+                                                                      frontend_binary):
+    with start_server(tiny_repository, subprocess=True, frontend="native") as server:
+        [frontend] = _frontend_pids(server.process.pid)
+        assert server.stop(signal.SIGTERM) == 0
+        assert not _alive(frontend)
+    with start_server(tiny_repository, subprocess=True, frontend="native") as server:
+        [frontend] = _frontend_pids(server.process.pid)
+        server.process.kill()                      # no chance to clean up
+        server.wait()
+        deadline = time.monotonic() + 5
+        while _alive(frontend) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(frontend), "the front-end outlived its server"
