@@ -148,11 +148,13 @@ def grpc_status_sample(port: int, data: Path, samples: int = 5) -> list[str]:
 
 
 def server_argv(repository: Path, port: int, metrics_port: int, workers: int,
-                device: str = "cpu", frontend: str = "python") -> list[str]:
-    return [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
+                device: str = "cpu", frontend: str = "python",
+                instances: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "rnnserve.server", "--repository", str(repository),
             "--port", str(port), "--metrics-port", str(metrics_port), "--workers",
             str(workers), "--frontend", frontend, "--intra-op-threads", "1", "--device",
             device, "--log-format", "kv"]
+    return argv + (["--instances", str(instances)] if instances else [])
 
 
 def setups(frontends: str, workers: str) -> list[tuple[str, int]]:
@@ -174,11 +176,11 @@ def non_ok_requests(metrics_port: int) -> int:
 def measure_server(repository: Path, model: str, data: Path, *, workers: int,
                    concurrencies: list[int], requests: int, server_cpus: str | None,
                    client_cpus: str | None, out: Path, device: str = "cpu",
-                   frontend: str = "python") -> dict:
+                   frontend: str = "python", instances: int | None = None) -> dict:
     port, metrics_port = free_port(), free_port()
     name = f"rnnserve-{frontend}-w{workers}"
     server = ServerProcess(name, server_argv(repository, port, metrics_port, workers, device,
-                                             frontend),
+                                             frontend, instances),
                            out / f"{name}.log", port, cpus=server_cpus)
     rows = []
     with server.start([model]):
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--frontend", default="python",
                         help="comma-separated front-ends: python, native")
+    parser.add_argument("--instances", type=int, default=None,
+                        help="the server's --instances (ORT sessions; default: its own)")
     parser.add_argument("--placement", default="pinned,unpinned")
     parser.add_argument("--concurrency", default="64,256")
     parser.add_argument("--requests", type=int,
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     data.write_bytes(classify_request(args.model, args.sentence))
     cores = len(os.sched_getaffinity(0))
     results = {"model": args.model, "sentence": args.sentence, "cores": cores,
-               "placements": {}}
+               "instances": args.instances, "placements": {}}
     for placement in args.placement.split(","):
         client_cpus = "0" if placement == "pinned" else None
         server_cpus = (f"1-{cores - 1}" if cores > 2 else "1") if placement == "pinned" else None
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.repository, args.model, data, workers=workers,
                 concurrencies=[int(c) for c in args.concurrency.split(",")],
                 requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
-                out=args.out, device=args.device, frontend=frontend))
+                out=args.out, device=args.device, frontend=frontend,
+                instances=args.instances))
             print(json.dumps(entry["servers"][-1]), flush=True)
         results["placements"][placement] = entry
     (args.out / "capacity.json").write_text(json.dumps(results, indent=2))

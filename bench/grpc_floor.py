@@ -1,9 +1,10 @@
-"""The cost of a gRPC call itself in Python: an empty unary handler, measured with h2load.
+"""The cost of a gRPC call itself: an empty unary handler, measured with h2load.
 
-Three servers answer the same empty method on one pinned core (h2load on another):
-grpcio's sync server (a thread pool), grpc.aio on asyncio's default loop, and grpc.aio on
-uvloop. The numbers bound what any Python gRPC server can answer per core, and decided
-which one rnnserve runs on (docs/architecture.md, "Multi-process serving").
+Four servers answer the same empty method on one pinned core (h2load on another):
+grpcio's sync server (a thread pool), grpc.aio on asyncio's default loop, grpc.aio on
+uvloop, and grpc's C++ callback server (bench/grpc_floor.cc, compiled like the native
+front-end; skipped when it cannot be built). The numbers bound what each can answer per
+core, and decided which one rnnserve runs on (docs/architecture.md §4 and §5).
 
 ``python -m rnnserve.bench.grpc_floor [--server-cpu 1 --client-cpu 0 --requests 30000]``
 """
@@ -23,7 +24,8 @@ from pathlib import Path
 from rnnserve.bench.capacity import grpc_frame, h2load
 from rnnserve.bench.procs import free_port, pinned
 
-KINDS = ("sync", "aio", "aio-uvloop")
+KINDS = ("sync", "aio", "aio-uvloop", "cxx")
+CXX_SOURCE = Path(__file__).with_name("grpc_floor.cc")
 _REPLY = b"\x0a\x03abc"
 
 
@@ -83,8 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         data.write_bytes(grpc_frame(b"\x0a\x03abc"))
         for kind in KINDS:
             port = free_port()
-            server = subprocess.Popen(pinned([sys.executable, "-m", "rnnserve.bench.grpc_floor",
-                                              "--serve", kind, str(port)], args.server_cpu))
+            if kind == "cxx":
+                from rnnserve.server.native_frontend import BuildError, binary
+
+                try:
+                    command = [str(binary(source=CXX_SOURCE)), str(port)]
+                except BuildError as exc:
+                    print(f"cxx         skipped: {exc}", flush=True)
+                    continue
+            else:
+                command = [sys.executable, "-m", "rnnserve.bench.grpc_floor", "--serve", kind,
+                           str(port)]
+            server = subprocess.Popen(pinned(command, args.server_cpu))
             try:
                 time.sleep(2.0)
                 h2load(port, data, requests=2000, concurrency=args.concurrency,

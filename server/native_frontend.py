@@ -1,7 +1,7 @@
 """The native front-end (``--frontend native``): a C++ gRPC server on the public port.
 
-grpc.aio costs ~110-200 µs of one core per call before any work is done; grpc's C++ server
-~22 µs (docs/architecture.md §5). With ``--frontend native`` the server process starts the
+grpc.aio costs 115-124 µs of one core per call before any work is done; grpc's C++ server
+26 µs (``python -m rnnserve.bench.grpc_floor``, docs/architecture.md §5). With ``--frontend native`` the server process starts the
 C++ front-end (server/native/frontend.cc, compiled on first use against Debian's
 ``libgrpc++-dev``) and keeps every behaviour of its own:
 
@@ -61,14 +61,16 @@ class BuildError(RuntimeError):
     """The front-end binary cannot be built here."""
 
 
-def binary(cache: Path | None = None) -> Path:
-    """The compiled front-end for the current source, built once per source version into
-    ``cache`` (default ``$RNNSERVE_NATIVE_CACHE`` or ``~/.cache/rnnserve/native``)."""
+def binary(cache: Path | None = None, source: Path = SOURCE) -> Path:
+    """The compiled front-end (or another gRPC C++ ``source``, e.g. the bench's floor
+    server), built once per source version into ``cache`` (default
+    ``$RNNSERVE_NATIVE_CACHE`` or ``~/.cache/rnnserve/native``)."""
     cache = cache or Path(os.environ.get("RNNSERVE_NATIVE_CACHE", "~/.cache/rnnserve/native"))
     cache = cache.expanduser()
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(COMPILER_FLAGS).encode()).hexdigest()[:16]
-    target = cache / f"rnnserve-frontend-{digest}"
+    text = source.read_bytes()
+    digest = hashlib.sha256(text + " ".join(COMPILER_FLAGS).encode()).hexdigest()[:16]
+    name = "rnnserve-frontend" if source == SOURCE else source.stem
+    target = cache / f"{name}-{digest}"
     if target.exists():
         return target
     compiler = shutil.which("g++")
@@ -81,11 +83,11 @@ def binary(cache: Path | None = None) -> Path:
         raise BuildError(f"pkg-config knows no grpc++ ({flags.stderr.strip()}): {BUILD_HELP}")
     cache.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    built = subprocess.run([compiler, *COMPILER_FLAGS, str(SOURCE), "-o", str(partial),
+    built = subprocess.run([compiler, *COMPILER_FLAGS, str(source), "-o", str(partial),
                             *flags.stdout.split()], check=False, capture_output=True, text=True)
     if built.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise BuildError(f"compiling {SOURCE.name} failed:\n{built.stderr[-2000:]}")
+        raise BuildError(f"compiling {source.name} failed:\n{built.stderr[-2000:]}")
     partial.replace(target)               # atomic: concurrent builders agree
     return target
 

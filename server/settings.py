@@ -60,8 +60,8 @@ class ServerSettings(SecuritySettings):
     frontend: Frontend = Field("python", description="What carries gRPC on the public port: "
                                "python (grpc.aio in the server process) or native (a C++ "
                                "gRPC front-end the server starts and compiles on first use; "
-                               "about twice the requests per core, one process only, no TLS "
-                               "or tokens yet; docs/architecture.md).")
+                               "1.35-1.75x the requests per core on the test machine; one "
+                               "process only, no TLS or tokens yet; docs/architecture.md §5).")
 
     model_control: ModelControl = Field("none", description="none: the versions loaded at "
                                         "start-up are served until exit; poll: rescan the "
