@@ -38,6 +38,9 @@ COPY scripts/ scripts/
 FROM ${PYTHON_IMAGE} AS cpu-build
 COPY --from=source /src /src
 RUN --mount=type=secret,id=pip-ca /src/scripts/install-serve.sh --flavor cpu /opt/venv
+# The C++ gRPC front-end of `--frontend native`, compiled here: the runtime stage gets the
+# binary and gRPC's runtime libraries, no compiler.
+RUN /src/scripts/native-frontend.sh build /opt/venv /opt/rnnserve/native
 
 FROM ${PYTHON_IMAGE} AS cpu
 # A fixed numeric uid: Kubernetes' runAsNonRoot can only verify a numeric USER.
@@ -48,7 +51,10 @@ RUN groupadd --system --gid 10001 rnnserve \
 LABEL org.opencontainers.image.title="rnnserve" \
       org.opencontainers.image.description="Batched, stateful gRPC serving of LSTM/GRU models (CPU)" \
       org.opencontainers.image.licenses="Apache-2.0"
+COPY scripts/native-frontend.sh /usr/local/lib/rnnserve/native-frontend.sh
+RUN APT_CLEAN=1 /usr/local/lib/rnnserve/native-frontend.sh runtime
 COPY --from=cpu-build /opt/venv /opt/venv
+COPY --from=cpu-build /opt/rnnserve/native /opt/rnnserve/native
 COPY scripts/start-server.sh /usr/local/bin/rnnserve-start
 # PYTHONSAFEPATH: a mounted or working directory never shadows the installed packages.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -59,6 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RNNSERVE_HOST=0.0.0.0 \
     RNNSERVE_PORT=8001 \
     RNNSERVE_METRICS_PORT=8002 \
+    RNNSERVE_NATIVE_CACHE=/opt/rnnserve/native \
     RNNSERVE_DEVICE=cpu
 VOLUME ["/models"]
 EXPOSE 8001 8002
@@ -77,6 +84,7 @@ ENTRYPOINT ["/usr/local/bin/rnnserve-start"]
 FROM ${PYTHON_IMAGE} AS gpu-build
 COPY --from=source /src /src
 RUN --mount=type=secret,id=pip-ca /src/scripts/install-serve.sh --flavor gpu /opt/venv
+RUN /src/scripts/native-frontend.sh build /opt/venv /opt/rnnserve/native
 
 FROM ${PYTHON_IMAGE} AS gpu
 RUN groupadd --system --gid 10001 rnnserve \
@@ -86,7 +94,10 @@ RUN groupadd --system --gid 10001 rnnserve \
 LABEL org.opencontainers.image.title="rnnserve" \
       org.opencontainers.image.description="Batched, stateful gRPC serving of LSTM/GRU models (CUDA)" \
       org.opencontainers.image.licenses="Apache-2.0"
+COPY scripts/native-frontend.sh /usr/local/lib/rnnserve/native-frontend.sh
+RUN APT_CLEAN=1 /usr/local/lib/rnnserve/native-frontend.sh runtime
 COPY --from=gpu-build /opt/venv /opt/venv
+COPY --from=gpu-build /opt/rnnserve/native /opt/rnnserve/native
 COPY scripts/start-server.sh /usr/local/bin/rnnserve-start
 # PYTHONSAFEPATH: a mounted or working directory never shadows the installed packages.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -97,6 +108,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     RNNSERVE_HOST=0.0.0.0 \
     RNNSERVE_PORT=8001 \
     RNNSERVE_METRICS_PORT=8002 \
+    RNNSERVE_NATIVE_CACHE=/opt/rnnserve/native \
     RNNSERVE_DEVICE=cuda
 VOLUME ["/models"]
 EXPOSE 8001 8002

@@ -33,7 +33,7 @@ install-dev: $(VENV)/.installed-dev
 system-deps:
 	bash .ci/install-prometheus.sh
 	bash .ci/install-h2load.sh
-	bash .ci/install-native.sh
+	bash scripts/native-frontend.sh toolchain
 	bash bench/perf_analyzer.sh --install-only
 	bash .ci/install-podman.sh
 
@@ -57,14 +57,15 @@ demo: install
 
 # The protocol suites once more, every server behind the native C++ front-end
 # (--frontend native): the outside must not tell the two apart. Tests whose server needs
-# what that front-end lacks (tokens, TLS, --workers) skip themselves (tests/serving.py);
+# what that front-end lacks (--workers above 1) skip themselves (tests/serving.py);
 # the soak and the sustained load run once, in the main pass (slow fuzz and races run here
 # too when RNNSERVE_SLOW=1).
 NATIVE_SUITES = tests/server/test_classify.py tests/server/test_errors.py \
         tests/server/test_streams.py tests/server/test_sequence_state.py \
         tests/server/test_sequence_quota.py tests/server/test_health.py \
         tests/server/test_shutdown.py tests/server/test_drain_resume.py \
-        tests/server/test_live_repository.py tests/kserve tests/fault tests/metrics
+        tests/server/test_live_repository.py tests/kserve tests/fault tests/metrics \
+        tests/security/test_security_grpc_auth.py tests/security/test_security_app.py
 
 test: install-dev system-deps
 	$(BIN)/ruff check .

@@ -128,8 +128,8 @@ class RnnServer:
                        for key, value in public]
         else:
             options = public
-        self.server = aio.server(options=options,
-                                 interceptors=security.server_interceptors(settings))
+        interceptors = security.server_interceptors(settings)
+        self.server = aio.server(options=options, interceptors=interceptors)
         api = _Registrar(self.server)
         add_to_server(self.text, api)
         self.kserve = kserve.register(api, self.registry, settings, self.drain)
@@ -151,7 +151,12 @@ class RnnServer:
 
             self.native = NativeFrontend(
                 unary_handlers(api.handlers, (TEXT_DESCRIPTOR, kserve.SERVICE_DESCRIPTOR)),
-                listen=address, options=public, grace=settings.grace_seconds)
+                listen=address, options=public, grace=settings.grace_seconds,
+                interceptors=interceptors,
+                tls=None if credentials is None else {"cert": settings.tls_cert,
+                                                      "key": settings.tls_key,
+                                                      "client_ca": settings.tls_client_ca},
+                cache=settings.native_cache)
             self.server.add_insecure_port(f"unix:{self.native.backend}")
             await self.server.start()
             self.port = await self.native.start()
@@ -326,7 +331,8 @@ def serve(settings: ServerSettings) -> int:
     (server/workers.py)."""
     configure_logging(settings.log_format, settings.log_level)
     use_uvloop()
-    workers = resolve_workers(settings.workers)
+    # The native front-end spreads gRPC over the cores with its own threads: one process.
+    workers = 1 if settings.frontend == "native" else resolve_workers(settings.workers)
     if workers > 1:
         from .workers import run_workers
 

@@ -49,7 +49,7 @@ def serve_command(
         default=1, metavar="<int|auto>")] = None,
     frontend: Annotated[str | None, setting_option(
         help="What carries gRPC on the port: python (grpc.aio) or native (a C++ front-end, "
-             "compiled on first use; one process, no TLS or tokens).", default="python",
+             "compiled on first use; one process).", default="python",
         metavar="<python|native>")] = None,
     model_control: Annotated[str | None, setting_option(
         help="How versions are loaded while serving: none (those found at start-up until "

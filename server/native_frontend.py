@@ -2,18 +2,19 @@
 
 grpc.aio costs 115-124 µs of one core per call before any work is done; grpc's C++ server
 26 µs (``python -m rnnserve.bench.grpc_floor``, docs/architecture.md §5). With ``--frontend native`` the server process starts the
-C++ front-end (server/native/frontend.cc, compiled on first use against Debian's
+C++ front-end (server/native_frontend.cc, compiled on first use against Debian's
 ``libgrpc++-dev``) and keeps every behaviour of its own:
 
 - the unary methods of the text API and KServe v2 reach this process as request bytes over
   one Unix socket (:class:`CallEndpoint`) and run the very servicer methods, parsers and
-  serializers that grpc.aio runs (server/guarded.py), so answers, statuses and messages are
-  the same;
+  serializers that grpc.aio runs (server/guarded.py), behind the same server interceptors
+  (the bearer-token check), so answers, statuses and messages are the same;
 - every other method (streams, health, reflection) is proxied by the front-end, unchanged,
   to this process's grpc.aio server, which then listens on a private Unix socket only.
 
 The caller's address travels with each call (``rnnserve-peer``, see server/quota.py), so the
-per-client quota counts real clients.
+per-client quota counts real clients; so does its ``authorization`` header, the only other
+metadata a unary handler on the calls route sees.
 
 Invariants:
 - The Unix sockets live in a fresh 0700 directory; nothing else can connect to them.
@@ -26,7 +27,9 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import shutil
@@ -34,38 +37,38 @@ import signal
 import struct
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
 from grpc import aio
 
 from .logs import log_event
+from .quota import FORWARDED_PEER
 
 log = logging.getLogger("rnnserve.server.native")
 
-SOURCE = Path(__file__).with_name("native") / "frontend.cc"
+SOURCE = Path(__file__).with_suffix(".cc")
+#: Where compiled front-ends are kept (ServerSettings.native_cache, RNNSERVE_NATIVE_CACHE).
+DEFAULT_CACHE = Path("~/.cache/rnnserve/native")
 COMPILER_FLAGS = ("-O2", "-std=c++17")
 BUILD_HELP = ("the native front-end is compiled on first use and needs g++, pkg-config and "
               "gRPC's C++ headers (Debian: apt install g++ pkg-config libgrpc++-dev)")
 
 _CALL, _CANCEL = 1, 2
-_HEADER = struct.Struct("<IBQHH")        # size, kind, id, method, peer size
+_HEADER = struct.Struct("<IBQHHH")       # size, kind, id, method, peer size, auth size
 _REPLY = struct.Struct("<IQBI")          # size, id, status code, message size
 
-#: A raw unary handler (server/guarded.py) and the serializer of its response.
-Handler = tuple[Callable, Callable[[object], bytes]]
 
 
 class BuildError(RuntimeError):
     """The front-end binary cannot be built here."""
 
 
-def binary(cache: Path | None = None, source: Path = SOURCE) -> Path:
+def binary(cache: Path = DEFAULT_CACHE, source: Path = SOURCE) -> Path:
     """The compiled front-end (or another gRPC C++ ``source``, e.g. the bench's floor
-    server), built once per source version into ``cache`` (default
-    ``$RNNSERVE_NATIVE_CACHE`` or ``~/.cache/rnnserve/native``)."""
-    cache = cache or Path(os.environ.get("RNNSERVE_NATIVE_CACHE", "~/.cache/rnnserve/native"))
+    server), built once per source version into ``cache``; an image ships it there
+    prebuilt (scripts/native-frontend.sh)."""
     cache = cache.expanduser()
     text = source.read_bytes()
     digest = hashlib.sha256(text + " ".join(COMPILER_FLAGS).encode()).hexdigest()[:16]
@@ -93,10 +96,10 @@ def binary(cache: Path | None = None, source: Path = SOURCE) -> Path:
 
 
 def unary_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
-                   services) -> dict[str, Handler]:
+                   services) -> dict[str, grpc.RpcMethodHandler]:
     """Every unary method of ``services`` (ServiceDescriptors) that one of the registered
-    ``generic_handlers`` serves: ``/package.Service/Method`` -> (handler, serializer)."""
-    table: dict[str, Handler] = {}
+    ``generic_handlers`` serves: ``/package.Service/Method`` -> its handler."""
+    table: dict[str, grpc.RpcMethodHandler] = {}
     for service in services:
         for method in service.methods:
             if method.client_streaming or method.server_streaming:
@@ -106,25 +109,27 @@ def unary_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
             for generic in generic_handlers:
                 found = generic.service(details)
                 if found is not None and found.unary_unary is not None:
-                    table[path] = (found.unary_unary, found.response_serializer or bytes)
+                    table[path] = found
                     break
     return table
 
 
 class _CallDetails(grpc.HandlerCallDetails):
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, metadata: tuple = ()) -> None:
         self.method = method
-        self.invocation_metadata = ()
+        self.invocation_metadata = metadata
 
 
 class CallContext:
-    """What the servicers' unary methods use of a grpc.aio ServicerContext, for a call that
-    arrived as a frame: the caller's address and ``abort``."""
+    """What the servicers' unary methods and the server interceptors use of a grpc.aio
+    ServicerContext, for a call that arrived as a frame: the caller's address, its
+    metadata (address and ``authorization``) and ``abort``."""
 
-    __slots__ = ("_peer", "code", "details")
+    __slots__ = ("_metadata", "_peer", "code", "details")
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, metadata: tuple) -> None:
         self._peer = peer
+        self._metadata = metadata
         self.code = grpc.StatusCode.UNKNOWN
         self.details = ""
 
@@ -132,8 +137,7 @@ class CallContext:
         return self._peer
 
     def invocation_metadata(self) -> tuple:
-        from .quota import FORWARDED_PEER
-        return ((FORWARDED_PEER, self._peer),)
+        return self._metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
         self.code, self.details = code, details
@@ -141,10 +145,12 @@ class CallContext:
 
 
 class CallEndpoint(asyncio.Protocol):
-    """This process's end of one front-end's calls socket (frames: server/native/frontend.cc)."""
+    """This process's end of one front-end's calls socket (frames: server/native_frontend.cc)."""
 
-    def __init__(self, handlers: list[Handler]) -> None:
+    def __init__(self, handlers: list[tuple[str, grpc.RpcMethodHandler]],
+                 interceptors: list[aio.ServerInterceptor]) -> None:
         self._handlers = handlers
+        self._interceptors = interceptors
         self._buffer = bytearray()
         self._tasks: dict[int, asyncio.Task] = {}
         self._outbox: list[bytes] = []
@@ -166,16 +172,22 @@ class CallEndpoint(asyncio.Protocol):
         offset, size = 0, len(buffer)
         header = _HEADER.size
         while size - offset >= header:
-            length, kind, call, method, peer_size = _HEADER.unpack_from(buffer, offset)
+            length, kind, call, method, peer_size, auth_size = _HEADER.unpack_from(buffer,
+                                                                                  offset)
             end = offset + 4 + length
             if end > size:
                 break
             if kind == _CALL:
                 start = offset + header
                 peer = bytes(buffer[start:start + peer_size]).decode("utf-8", "replace")
-                payload = bytes(buffer[start + peer_size:end])
+                start += peer_size
+                metadata = ((FORWARDED_PEER, peer),)
+                if auth_size:
+                    metadata += (("authorization", bytes(buffer[start:start + auth_size])
+                                  .decode("latin-1")),)
+                payload = bytes(buffer[start + auth_size:end])
                 self._tasks[call] = self._loop.create_task(
-                    self._run(call, method, peer, payload))
+                    self._run(call, method, CallContext(peer, metadata), payload))
             else:
                 task = self._tasks.pop(call, None)
                 if task is not None:
@@ -183,12 +195,19 @@ class CallEndpoint(asyncio.Protocol):
             offset = end
         del buffer[:offset]
 
-    async def _run(self, call: int, method: int, peer: str, payload: bytes) -> None:
-        handle, serialize = self._handlers[method]
-        context = CallContext(peer)
+    async def _run(self, call: int, method: int, context: CallContext, payload: bytes) -> None:
+        path, handler = self._handlers[method]
         try:
-            response = await handle(payload, context)
-            self._reply(call, 0, "", serialize(response))
+            if self._interceptors:
+                handler = await self._intercept(path, context, handler)
+            if handler.unary_unary is None:      # a refusal (security.py's stream handler)
+                outcome = (handler.stream_stream or handler.unary_stream)(payload, context)
+                if inspect.isawaitable(outcome):
+                    await outcome
+                raise RuntimeError(f"{path}: an interceptor's handler answered nothing")
+            response = await handler.unary_unary(payload, context)
+            serialize = handler.response_serializer
+            self._reply(call, 0, "", serialize(response) if serialize else response)
         except aio.AbortError:
             self._reply(call, context.code.value[0], context.details, b"")
         except asyncio.CancelledError:
@@ -199,6 +218,17 @@ class CallEndpoint(asyncio.Protocol):
                         f"Unexpected {type(exc)}: {exc}", b"")
         finally:
             self._tasks.pop(call, None)
+
+    async def _intercept(self, path: str, context: CallContext,
+                         handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` through the server's interceptors, as grpc.aio applies them."""
+        async def found(_details):
+            return handler
+
+        continuation = found
+        for interceptor in reversed(self._interceptors):
+            continuation = functools.partial(interceptor.intercept_service, continuation)
+        return await continuation(_CallDetails(path, context.invocation_metadata()))
 
     def _reply(self, call: int, code: int, message: str, body: bytes) -> None:
         text = message.encode("utf-8")
@@ -216,13 +246,21 @@ class CallEndpoint(asyncio.Protocol):
 class NativeFrontend:
     """Starts, watches and stops the C++ front-end of one server process."""
 
-    def __init__(self, handlers: dict[str, Handler], *, listen: str,
-                 options: list[tuple[str, int]], grace: float) -> None:
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler], *, listen: str,
+                 options: list[tuple[str, int]], grace: float,
+                 interceptors: list[aio.ServerInterceptor] = (),
+                 tls: dict[str, Path | None] | None = None,
+                 cache: Path = DEFAULT_CACHE) -> None:
+        """``tls``: ``{"cert": ..., "key": ..., "client_ca": ...}`` (paths, client_ca
+        optional) for TLS or mutual TLS on the public port; None = plaintext."""
         self._paths = list(handlers)
-        self._handlers = list(handlers.values())
+        self._handlers = list(handlers.items())
+        self._interceptors = list(interceptors)
         self._listen = listen
         self._options = options
         self._grace = grace
+        self._tls = {name: path for name, path in (tls or {}).items() if path is not None}
+        self._cache = cache
         self.directory = Path(tempfile.mkdtemp(prefix="rnnserve-native-"))   # 0700
         self.backend = self.directory / "grpc.sock"
         self._calls = self.directory / "calls.sock"
@@ -238,9 +276,9 @@ class NativeFrontend:
         """Build (first use), listen for the front-end's calls socket, start the front-end;
         returns the public port it bound."""
         loop = asyncio.get_running_loop()
-        self._binary = await loop.run_in_executor(None, binary)
+        self._binary = await loop.run_in_executor(None, binary, self._cache)
         self._unix_server = await loop.create_unix_server(
-            lambda: CallEndpoint(self._handlers), path=str(self._calls))
+            lambda: CallEndpoint(self._handlers, self._interceptors), path=str(self._calls))
         await self._spawn(self._listen)
         host = self._listen.rpartition(":")[0]
         self._listen = f"{host}:{self.port}"      # a restart binds the same port
@@ -254,6 +292,8 @@ class NativeFrontend:
             command += ["--unary", path]
         for key, value in self._options:
             command += ["--arg", f"{key}={value}"]
+        for name, path in self._tls.items():
+            command += [f"--tls-{name.replace('_', '-')}", str(path)]
         # subprocess.Popen (vfork) rather than the loop's fork: grpc's threads are running.
         loop = asyncio.get_running_loop()
         process = subprocess.Popen(command, stdout=subprocess.PIPE)  # noqa: ASYNC220 - vfork, fast

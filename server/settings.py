@@ -52,7 +52,8 @@ class ServerSettings(SecuritySettings):
                                       "default: the only model, if there is exactly one.")
     workers: int | Literal["auto"] = Field(1, description="Front-end processes (gRPC, "
                                            "validation, responses) sharing the port; auto = "
-                                           "the CPUs available. 1 = one process serves "
+                                           "the CPUs available (1 with frontend native, "
+                                           "whose threads use them). 1 = one process serves "
                                            "everything; above 1 one engine process does the "
                                            "batching, sequence state and ONNX Runtime for "
                                            "all of them (docs/architecture.md).")
@@ -61,7 +62,10 @@ class ServerSettings(SecuritySettings):
                                "python (grpc.aio in the server process) or native (a C++ "
                                "gRPC front-end the server starts and compiles on first use; "
                                "1.35-1.75x the requests per core on the test machine; one "
-                               "process only, no TLS or tokens yet; docs/architecture.md §5).")
+                               "process only; docs/architecture.md §5).")
+    native_cache: Path = Field(Path("~/.cache/rnnserve/native"), description="Where the "
+                               "native front-end is compiled to and looked for (the images "
+                               "ship it prebuilt in /opt/rnnserve/native).")
 
     model_control: ModelControl = Field("none", description="none: the versions loaded at "
                                         "start-up are served until exit; poll: rescan the "
@@ -176,12 +180,9 @@ class ServerSettings(SecuritySettings):
     def _native_frontend(self) -> ServerSettings:
         if self.frontend != "native":
             return self
-        unsupported = [name for name, on in (
-            ("workers above 1", self.workers != 1), ("TLS (tls_cert)", self.tls_cert is not None),
-            ("bearer tokens (auth_token)", self.auth_enabled)) if on]
-        if unsupported:
-            raise ValueError(f"frontend native does not support {', '.join(unsupported)} yet; "
-                             "use frontend python for these")
+        if self.workers not in (1, "auto"):
+            raise ValueError("frontend native runs one process (its C++ threads use the "
+                             "cores); it does not combine with workers above 1")
         return self
 
     @field_validator("log_level")

@@ -6,6 +6,7 @@ small enough to train in seconds on two CPU cores.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import grpc
@@ -68,6 +69,20 @@ def channel(server):
     with server.channel() as ch:
         grpc.channel_ready_future(ch).result(timeout=10)
         yield ch
+
+
+@pytest.fixture(scope="session")
+def native_frontend_binary() -> Path:
+    """The native front-end, compiled (server/native_frontend.py). Skips where it cannot be
+    built, unless RNNSERVE_REQUIRE_NATIVE=1 (.ci/run sets it): then the test fails."""
+    from rnnserve.server.native_frontend import BuildError, binary
+
+    try:
+        return binary()
+    except BuildError as exc:
+        if os.environ.get("RNNSERVE_REQUIRE_NATIVE") == "1":
+            raise
+        pytest.skip(f"native front-end cannot be built here: {exc}")
 
 
 @pytest.fixture(scope="session")

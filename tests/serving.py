@@ -215,7 +215,7 @@ def start_server(repository: Path | str, *, subprocess: bool = False,
 
 #: Settings the native front-end refuses (server/settings.py); with RNNSERVE_FRONTEND=native
 #: (the Makefile's test-native pass) a test that needs one of them skips.
-NATIVE_UNSUPPORTED = ("auth_token", "auth_token_file", "tls_cert", "workers")
+NATIVE_UNSUPPORTED = ("workers",)
 
 
 def _skip_what_the_native_frontend_lacks(values: dict[str, Any], env: dict[str, str]) -> None:

@@ -230,7 +230,10 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
     env = {k: v for k, v in manifest_env().items() if k != "RNNSERVE_AUTH_TOKEN_FILE"}
     env["RNNSERVE_DRAIN_DELAY_SECONDS"] = "0"
     volumes = {model_volume: "/models:ro", secrets_volume: f"{SECRETS}:ro"}
-    with podman.container(cpu_image, env=env, volumes=volumes, ports=(8001,)) as a, \
+    # The drained container runs the image's prebuilt native front-end (--frontend native):
+    # its streams' drain trailers cross the C++ proxy, and the other container resumes them.
+    native = env | {"RNNSERVE_FRONTEND": "native", "RNNSERVE_WORKERS": "1"}
+    with podman.container(cpu_image, env=native, volumes=volumes, ports=(8001,)) as a, \
             podman.container(cpu_image, env=env, volumes=volumes, ports=(8001,)) as b:
         a.wait_healthy()
         b.wait_healthy()
@@ -259,6 +262,7 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
             stopper.join(timeout=120)
         assert a.exit_code == 0, a.logs()
         assert '"event": "draining"' in a.logs(), a.logs()
+        assert '"frontend": "native"' in a.logs(), a.logs()
         assert b.running(), b.logs()
     assert not errors, f"{errors!r}\n--- drained container:\n{a.logs()}"
     expected = offline[GRU].stream(CHUNKS)

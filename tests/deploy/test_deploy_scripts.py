@@ -77,6 +77,24 @@ def test_serve_venv_has_cpu_runtime_and_no_torch(serve_venv):
     _run([python, "-c", code])
 
 
+def test_native_frontend_script_builds_what_the_image_ships(serve_venv, tmp_path):
+    """The image's build stage step: the front-end compiled with the serve venv's own copy
+    of its source (package data), found where RNNSERVE_NATIVE_CACHE points."""
+    target = tmp_path / "native"
+    _run([str(SCRIPTS / "native-frontend.sh"), "build", str(serve_venv), str(target)])
+    [built] = target.glob("rnnserve-frontend-*")
+    assert built.stat().st_mode & 0o111
+    usage = subprocess.run([str(built)], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "--frontend native" in usage.stderr
+    found = _run([str(serve_venv / "bin" / "python"), "-P", "-c",
+                  ("from rnnserve.server.native_frontend import binary; "
+                  "from rnnserve.server.settings import ServerSettings; "
+                  "print(binary(ServerSettings().native_cache))")],
+                 env=run_env() | {"RNNSERVE_NATIVE_CACHE": str(target)})
+    assert found.stdout.strip() == str(built)
+    _run([str(SCRIPTS / "native-frontend.sh"), "runtime"])      # here: already present
+
+
 def test_start_script_refuses_an_empty_repository(serve_venv, tmp_path):
     env = run_env() | {"RNNSERVE_BIN": str(serve_venv / "bin" / "rnnserve"),
                        "RNNSERVE_REPOSITORY": str(tmp_path)}

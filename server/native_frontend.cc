@@ -14,11 +14,13 @@
 //   messages in order, the caller's metadata and deadline, the backend's initial and
 //   trailing metadata and status, cancellation in both directions.
 // The caller's peer address travels with each call (a frame field, or the metadata key
-// `rnnserve-peer`, which a caller can never set: it is replaced on every proxied call).
+// `rnnserve-peer`, which a caller can never set: it is replaced on every proxied call);
+// so does its `authorization` metadata, for the server's bearer-token check. A unary
+// method on the calls route sees no other metadata.
 //
 // Frames on --calls, little-endian:
 //   to Python:   u32 size | u8 kind (1 call, 2 cancel) | u64 id | u16 method | u16 peer size |
-//                peer | request bytes
+//                u16 authorization size | peer | authorization | request bytes
 //   from Python: u32 size | u64 id | u8 status code | u32 message size | message | response
 //
 // Invariants:
@@ -32,6 +34,9 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include <signal.h>
@@ -96,7 +101,8 @@ class CallsLink {
   }
 
   // Registers `call` and queues its request; false when the Python side is gone.
-  bool Submit(UnaryCall* call, uint16_t method, const std::string& peer, const std::string& body);
+  bool Submit(UnaryCall* call, uint16_t method, const std::string& peer,
+              const std::string& authorization, const std::string& body);
   // Removes `id` if still pending (then the caller finishes it) and tells Python to cancel.
   bool Cancel(uint64_t id);
 
@@ -132,8 +138,9 @@ class CallsLink {
 
 class UnaryCall : public grpc::ServerGenericBidiReactor {
  public:
-  UnaryCall(CallsLink* link, uint16_t method, std::string peer)
-      : link_(link), method_(method), peer_(std::move(peer)) {
+  UnaryCall(CallsLink* link, uint16_t method, std::string peer, std::string authorization)
+      : link_(link), method_(method), peer_(std::move(peer)),
+        authorization_(std::move(authorization)) {
     StartRead(&request_);
   }
 
@@ -142,7 +149,7 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
       Finish(Status(StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
       return;
     }
-    if (!link_->Submit(this, method_, peer_, Flatten(request_))) {
+    if (!link_->Submit(this, method_, peer_, authorization_, Flatten(request_))) {
       Finish(Status(StatusCode::UNAVAILABLE, "the server is restarting; retry"));
     }
   }
@@ -170,12 +177,12 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
  private:
   CallsLink* link_;
   uint16_t method_;
-  std::string peer_;
+  std::string peer_, authorization_;
   ByteBuffer request_, response_;
 };
 
 bool CallsLink::Submit(UnaryCall* call, uint16_t method, const std::string& peer,
-                       const std::string& body) {
+                       const std::string& authorization, const std::string& body) {
   uint64_t id;
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
@@ -185,13 +192,16 @@ bool CallsLink::Submit(UnaryCall* call, uint16_t method, const std::string& peer
     pending_[id] = call;
   }
   std::string frame;
-  frame.reserve(17 + peer.size() + body.size());
-  Put<uint32_t>(&frame, static_cast<uint32_t>(13 + peer.size() + body.size()));
+  size_t size = 15 + peer.size() + authorization.size() + body.size();
+  frame.reserve(4 + size);
+  Put<uint32_t>(&frame, static_cast<uint32_t>(size));
   Put<uint8_t>(&frame, 1);
   Put<uint64_t>(&frame, id);
   Put<uint16_t>(&frame, method);
   Put<uint16_t>(&frame, static_cast<uint16_t>(peer.size()));
+  Put<uint16_t>(&frame, static_cast<uint16_t>(authorization.size()));
   frame.append(peer);
+  frame.append(authorization);
   frame.append(body);
   Send(frame);
   return true;
@@ -203,9 +213,10 @@ bool CallsLink::Cancel(uint64_t id) {
     if (pending_.erase(id) == 0) return false;
   }
   std::string frame;
-  Put<uint32_t>(&frame, 13);
+  Put<uint32_t>(&frame, 15);
   Put<uint8_t>(&frame, 2);
   Put<uint64_t>(&frame, id);
+  Put<uint16_t>(&frame, 0);
   Put<uint16_t>(&frame, 0);
   Put<uint16_t>(&frame, 0);
   Send(frame);
@@ -314,7 +325,8 @@ class ProxyCall : public grpc::ServerGenericBidiReactor {
    public:
     explicit Backend(ProxyCall* call) : call_(call) {}
     void OnReadInitialMetadataDone(bool ok) override {
-      if (!ok) return;
+      std::lock_guard<std::mutex> lock(call_->mu_);
+      if (!ok || call_->wrote_ || call_->reading_done_) return;   // too late to add any
       for (const auto& [key, value] : call_->client_context_.GetServerInitialMetadata()) {
         call_->server_context_->AddInitialMetadata(std::string(key.data(), key.size()),
                                                    std::string(value.data(), value.size()));
@@ -323,7 +335,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor {
     void OnReadDone(bool ok) override {
       std::lock_guard<std::mutex> lock(call_->mu_);
       if (ok) {
-        call_->writing_ = true;
+        call_->writing_ = call_->wrote_ = true;
         call_->StartWrite(&call_->from_backend_);
       } else {                         // the backend has sent its status: stop forwarding
         call_->reading_done_ = true;
@@ -380,7 +392,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor {
   ByteBuffer from_caller_, from_backend_;
   std::mutex mu_;
   bool writing_ = false, reading_done_ = false, backend_done_ = false, finished_ = false,
-       hold_released_ = false;
+       hold_released_ = false, wrote_ = false;
   Status status_;
   std::atomic<int> references_{2};     // the caller's OnDone and the backend's OnDone
 };
@@ -394,7 +406,14 @@ class Router : public grpc::CallbackGenericService {
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override {
     auto it = unary_.find(context->method());
-    if (it != unary_.end()) return new UnaryCall(link_, it->second, context->peer());
+    if (it != unary_.end()) {
+      std::string authorization;
+      auto header = context->client_metadata().find("authorization");
+      if (header != context->client_metadata().end() && header->second.size() < 65536) {
+        authorization.assign(header->second.data(), header->second.size());
+      }
+      return new UnaryCall(link_, it->second, context->peer(), std::move(authorization));
+    }
     return new ProxyCall(&stub_, context);
   }
 
@@ -414,10 +433,29 @@ int ConnectUnix(const std::string& path) {
   return fd;
 }
 
+// Plaintext, TLS (--tls-cert/--tls-key) or mutual TLS (and --tls-client-ca). The files are
+// re-read every second, so a rotated certificate (a Secret volume update) reaches new
+// connections without a restart, as with the Python front-end.
+std::shared_ptr<grpc::ServerCredentials> Credentials(const std::string& cert,
+                                                     const std::string& key,
+                                                     const std::string& client_ca) {
+  if (cert.empty()) return grpc::InsecureServerCredentials();
+  auto files = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      key, cert, client_ca, 1);
+  grpc::experimental::TlsServerCredentialsOptions options(files);
+  options.watch_identity_key_cert_pairs();
+  if (!client_ca.empty()) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 int Usage() {
   std::fprintf(stderr,
                "usage: rnnserve-frontend --listen HOST:PORT --backend UNIX_PATH --calls UNIX_PATH\n"
                "       [--unary /pkg.Service/Method]... [--arg grpc.key=INT]... [--grace SECONDS]\n"
+               "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n"
                "Started by `rnnserve serve --frontend native`; not meant to be run by hand.\n");
   return 2;
 }
@@ -425,7 +463,7 @@ int Usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen, backend_path, calls_path;
+  std::string listen, backend_path, calls_path, tls_cert, tls_key, tls_client_ca;
   std::unordered_map<std::string, uint16_t> unary;
   std::vector<std::pair<std::string, int>> args;
   double grace = 30.0;
@@ -436,6 +474,9 @@ int main(int argc, char** argv) {
     else if (flag == "--calls") calls_path = value;
     else if (flag == "--unary") unary.emplace(value, static_cast<uint16_t>(unary.size()));
     else if (flag == "--grace") grace = std::atof(value.c_str());
+    else if (flag == "--tls-cert") tls_cert = value;
+    else if (flag == "--tls-key") tls_key = value;
+    else if (flag == "--tls-client-ca") tls_client_ca = value;
     else if (flag == "--arg") {
       auto eq = value.find('=');
       if (eq == std::string::npos) return Usage();
@@ -469,7 +510,7 @@ int main(int argc, char** argv) {
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, Credentials(tls_cert, tls_key, tls_client_ca), &port);
   for (const auto& [key, value] : args) {
     if (key == "grpc.max_receive_message_length") builder.SetMaxReceiveMessageSize(value);
     else if (key == "grpc.max_send_message_length") builder.SetMaxSendMessageSize(value);
