@@ -317,6 +317,9 @@ async def run(settings: ServerSettings, make_server=RnnServer) -> int:
         pass                           # a signal during start-up: drain what is up
     except (RepositoryError, RuntimeError, OSError, ValueError) as exc:   # RuntimeUnavailable
         log_event(log, "startup_failed", level=logging.ERROR, error=f"{exc}")
+        if server.native is not None:          # its sockets' directory, and the process
+            server.native.kill()
+            await server.native.wait_stopped(0)
         if server.server is not None:
             await server.server.stop(0)
         await server.registry.close(timeout=0)

@@ -249,3 +249,22 @@ def test_sigterm_exits_zero_and_server_death_takes_the_frontend_along(tiny_repos
         while _alive(frontend) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(frontend), "the front-end outlived its server"
+
+
+def test_without_a_compiler_the_server_says_what_to_install(tiny_repository, tmp_path):
+    """No g++ on PATH and nothing compiled yet: exit status 1 and a message naming the
+    packages, and nothing left behind."""
+    import json
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path / "empty"), "TMPDIR": str(tmp_path),
+           "RNNSERVE_NATIVE_CACHE": str(tmp_path / "cache"), "RNNSERVE_LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-m", "rnnserve.server", "--repository",
+                           str(tiny_repository), "--port", "0", "--metrics-port", "-1",
+                           "--frontend", "native"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    [failed] = [e for e in events if e.get("event") == "startup_failed"]
+    assert "apt install g++ pkg-config libgrpc++-dev" in failed["error"]
+    assert not list(tmp_path.glob("rnnserve-native-*")), "the sockets' directory leaked"
