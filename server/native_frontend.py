@@ -150,7 +150,8 @@ class CallEndpoint(asyncio.Protocol):
     def __init__(self, handlers: list[tuple[str, grpc.RpcMethodHandler]],
                  interceptors: list[aio.ServerInterceptor]) -> None:
         self._handlers = handlers
-        self._interceptors = interceptors
+        self._by_path = dict(handlers)
+        self._intercepted = self._chain(interceptors) if interceptors else None
         self._buffer = bytearray()
         self._tasks: dict[int, asyncio.Task] = {}
         self._outbox: list[bytes] = []
@@ -178,14 +179,16 @@ class CallEndpoint(asyncio.Protocol):
             if end > size:
                 break
             if kind == _CALL:
+                view = memoryview(buffer)
                 start = offset + header
-                peer = bytes(buffer[start:start + peer_size]).decode("utf-8", "replace")
+                peer = str(view[start:start + peer_size], "utf-8", "replace")
                 start += peer_size
                 metadata = ((FORWARDED_PEER, peer),)
                 if auth_size:
-                    metadata += (("authorization", bytes(buffer[start:start + auth_size])
-                                  .decode("latin-1")),)
-                payload = bytes(buffer[start + auth_size:end])
+                    metadata += (("authorization",
+                                  str(view[start:start + auth_size], "latin-1")),)
+                payload = bytes(view[start + auth_size:end])
+                view.release()                   # the buffer is resized below
                 self._tasks[call] = self._loop.create_task(
                     self._run(call, method, CallContext(peer, metadata), payload))
             else:
@@ -198,8 +201,9 @@ class CallEndpoint(asyncio.Protocol):
     async def _run(self, call: int, method: int, context: CallContext, payload: bytes) -> None:
         path, handler = self._handlers[method]
         try:
-            if self._interceptors:
-                handler = await self._intercept(path, context, handler)
+            if self._intercepted is not None:
+                handler = await self._intercepted(_CallDetails(path,
+                                                               context.invocation_metadata()))
             if handler.unary_unary is None:      # a refusal (security.py's stream handler)
                 outcome = (handler.stream_stream or handler.unary_stream)(payload, context)
                 if inspect.isawaitable(outcome):
@@ -219,16 +223,16 @@ class CallEndpoint(asyncio.Protocol):
         finally:
             self._tasks.pop(call, None)
 
-    async def _intercept(self, path: str, context: CallContext,
-                         handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` through the server's interceptors, as grpc.aio applies them."""
-        async def found(_details):
-            return handler
+    def _chain(self, interceptors: list[aio.ServerInterceptor]):
+        """``details -> handler`` through the server's interceptors, as grpc.aio applies
+        them, ending at this endpoint's own handler for ``details.method``."""
+        async def found(details):
+            return self._by_path[details.method]
 
         continuation = found
-        for interceptor in reversed(self._interceptors):
+        for interceptor in reversed(interceptors):
             continuation = functools.partial(interceptor.intercept_service, continuation)
-        return await continuation(_CallDetails(path, context.invocation_metadata()))
+        return continuation
 
     def _reply(self, call: int, code: int, message: str, body: bytes) -> None:
         text = message.encode("utf-8")
@@ -253,8 +257,7 @@ class NativeFrontend:
                  cache: Path = DEFAULT_CACHE) -> None:
         """``tls``: ``{"cert": ..., "key": ..., "client_ca": ...}`` (paths, client_ca
         optional) for TLS or mutual TLS on the public port; None = plaintext."""
-        self._paths = list(handlers)
-        self._handlers = list(handlers.items())
+        self._handlers = list(handlers.items())     # index = the method number in frames
         self._interceptors = list(interceptors)
         self._listen = listen
         self._options = options
@@ -288,7 +291,7 @@ class NativeFrontend:
     async def _spawn(self, listen: str) -> None:
         command = [str(self._binary), "--listen", listen, "--backend", str(self.backend),
                    "--calls", str(self._calls), "--grace", str(self._grace)]
-        for path in self._paths:
+        for path, _ in self._handlers:
             command += ["--unary", path]
         for key, value in self._options:
             command += ["--arg", f"{key}={value}"]

@@ -63,14 +63,15 @@ def client_of(context, *, by_token: bool, forwarded: bool = False) -> str:
     """Identity of the caller of a gRPC ``context``: its token's digest when ``by_token``
     (authentication is on), else its peer host; ``forwarded``: the peer is the one the
     native front-end put in the metadata (the context's own is the front-end's socket)."""
-    metadata = (context.invocation_metadata() or ()) if by_token or forwarded else ()
-    for key, value in metadata if by_token else ():
-        token = bearer_token(value) if key == "authorization" else None
-        if token:      # the parsed token: scheme case or spacing cannot make a new identity
-            return "token:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
+    metadata = tuple(context.invocation_metadata() or ()) if by_token or forwarded else ()
+    if by_token:
+        for key, value in metadata:
+            token = bearer_token(value) if key == "authorization" else None
+            if token:  # the parsed token: scheme case or spacing cannot make a new identity
+                return "token:" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
     peer = context.peer() or ""
     if forwarded:
-        peer = next((value for key, value in metadata if key == FORWARDED_PEER), peer)
+        peer = dict(metadata).get(FORWARDED_PEER, peer)
     # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:/path" -> drop the port
     if peer.startswith(("ipv4:", "ipv6:")):
         host, _, _port = peer.rpartition(":")

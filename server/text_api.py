@@ -35,8 +35,8 @@ from .settings import ServerSettings
 from .streaming import DRAINED, Drain, StreamPump
 from .wire import decode, decode_all, request_class, sequence_id
 
-SERVICE = "rnnserve.v1.Sentiment"
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["Sentiment"]
+SERVICE = SERVICE_DESCRIPTOR.full_name            # "rnnserve.v1.Sentiment"
 
 #: Trailing-metadata key of the snapshot a drained stream ends with.
 STATE_TRAILER = "rnnserve-sequence-state-bin"
