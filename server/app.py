@@ -11,11 +11,13 @@ and NOT_SERVING while loading or once unloaded; ``model/<name>`` follows its lat
 version. ``poll`` starts the registry's rescan loop once the server is ready.
 
 Shutdown (SIGTERM/SIGINT, or :meth:`RnnServer.shutdown`): every health service turns
-NOT_SERVING; after ``drain_delay_seconds`` the server stops accepting RPCs; open streams stop
-reading, flush the answers to chunks already read and end with UNAVAILABLE (a text-API
-stream's trailing metadata carries its sequence snapshot to resume elsewhere); every accepted
-request and chunk finishes; then the workers stop. Whatever is still running when
-``grace_seconds`` have passed is cancelled. A second signal cancels at once.
+NOT_SERVING; after ``drain_delay_seconds`` open streams stop reading, flush the answers to
+chunks already read and end with UNAVAILABLE (a text-API stream's trailing metadata carries
+its sequence snapshot to resume elsewhere; a stream opened meanwhile is turned away with the
+state it brought); once every stream has ended (and STREAM_END_LINGER_SECONDS more) the
+server stops accepting RPCs; every accepted request and chunk finishes; then the workers
+stop. Whatever is still running when ``grace_seconds`` have passed is cancelled. A second
+signal cancels at once.
 
 Optional pieces plug in here, one line each: ``kserve.register(server, registry, settings, drain)``,
 ``security.server_interceptors / server_credentials / server_options(settings)``,
@@ -53,6 +55,10 @@ log = logging.getLogger("rnnserve.server.app")
 KSERVE_SERVICE = "inference.GRPCInferenceService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+#: Between the last drained stream's end and the port closing: time for its status to be
+#: written (and passed on by the native front-end) and for its client to read it and stop
+#: writing, so that no connection is closed with the client's bytes still arriving.
+STREAM_END_LINGER_SECONDS = 0.25
 
 
 def model_health_names(name: str, version: str) -> tuple[str, str]:
@@ -238,29 +244,31 @@ class RnnServer:
         settings = self.settings
         grace = settings.grace_seconds if grace is None else grace
         started = time.perf_counter()
+
+        def left() -> float:
+            return max(0.0, grace - (time.perf_counter() - started))
+
         log_event(log, "draining", grace_seconds=grace,
                   drain_delay_seconds=settings.drain_delay_seconds)
         await self.health.enter_graceful_shutdown()
         if settings.drain_delay_seconds > 0:
             await asyncio.sleep(settings.drain_delay_seconds)
+        # Streams end while the port still takes calls (a stream opened meanwhile is turned
+        # away with the state it brought), and only then does it stop taking them: once it
+        # has stopped, grpc closes each connection as soon as its last call has ended, and
+        # a client still writing to a stream whose end it has not read yet would get a
+        # reset that loses that end (the UNAVAILABLE and its snapshot) with its connection.
+        self.drain.begin()
+        await self.drain.streams_ended(left())
+        await asyncio.sleep(min(STREAM_END_LINGER_SECONDS, left()))
         if self.native is not None:
             # The front-end stops taking calls and finishes those in flight; the private
-            # server stays up until it has passed every answer on (stopping it first could
-            # cut a drained stream's trailers off while the front-end still writes to it).
+            # server stays up until it has passed every answer on.
             self.native.begin_shutdown()
-            self.drain.begin()
-            await self.native.wait_stopped(max(0.0, grace - (time.perf_counter() - started)))
-            await self.server.stop(max(0.0, grace - (time.perf_counter() - started)))
-        else:
-            stopping = None
-            if self.server is not None:
-                stopping = asyncio.ensure_future(self.server.stop(grace))
-                await asyncio.sleep(0)     # no new RPCs from here on
-            self.drain.begin()
-            if stopping is not None:
-                await stopping
-        remaining = max(0.0, grace - (time.perf_counter() - started))
-        await self.registry.close(timeout=remaining)
+            await self.native.wait_stopped(left())
+        if self.server is not None:
+            await self.server.stop(left())
+        await self.registry.close(timeout=left())
         if self.metrics is not None:
             self.metrics.stop()
         log_event(log, "stopped", seconds=round(time.perf_counter() - started, 3))

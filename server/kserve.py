@@ -183,13 +183,14 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             return None, self._stream_one(request, context)
 
         pump = StreamPump(submit, window=STREAM_WINDOW, drain=self._drain, ordered=False)
-        try:
-            async for _, item in pump.outcomes(request_iterator):
-                yield item
-        except ServingError as error:
-            if error is DRAINED:
-                await context.abort(error.code, SHUTDOWN_MESSAGE)
-            await context.abort(error.code, error.message)
+        with self._drain.holding():
+            try:
+                async for _, item in pump.outcomes(request_iterator):
+                    yield item
+            except ServingError as error:
+                if error is DRAINED:
+                    await context.abort(error.code, SHUTDOWN_MESSAGE)
+                await context.abort(error.code, error.message)
 
     async def _stream_one(self, request, context) -> service_pb2.ModelStreamInferResponse:
         """One stream request's answer; a failure is answered, never raised."""

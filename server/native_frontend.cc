@@ -27,8 +27,9 @@
 // - Every call is finished exactly once: by its reply, by its cancellation, or with
 //   UNAVAILABLE when the Python process goes away (this process then exits 1).
 // - A pending call is owned by the `pending` map: whoever removes it finishes it.
-// - SIGTERM/SIGINT: stop accepting calls, let those in flight finish (the Python server
-//   drains its streams meanwhile), exit 0 once all are done or --grace seconds have passed.
+// - SIGTERM/SIGINT (sent once the Python server has ended its streams): stop accepting
+//   calls, let those in flight finish, exit 0 once all are done or --grace seconds have
+//   passed.
 // - stdout carries one line, `listening <port>`, once the port is bound.
 
 #include <grpcpp/generic/async_generic_service.h>

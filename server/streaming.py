@@ -25,8 +25,9 @@ Invariants of a pump:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from .errors import Internal, ServingError, Unavailable
@@ -43,11 +44,37 @@ Submit = Callable[[Any], Awaitable[tuple[Any, Awaitable]]]
 
 
 class Drain:
-    """Server shutdown as the servicers see it: a flag and the readers of open streams."""
+    """Server shutdown as the servicers see it: a flag, the readers of open streams and how
+    many stream calls are open (:meth:`holding`), so that the server can wait for every
+    drained stream to have ended before it stops accepting connections' calls."""
 
     def __init__(self) -> None:
         self.active = False
         self._readers: set[asyncio.Task] = set()
+        self._open = 0
+        self._none_open = asyncio.Event()
+        self._none_open.set()
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Count one stream call as open for the duration of the block (its whole handler,
+        so that the count falls only once its status is on its way)."""
+        self._open += 1
+        self._none_open.clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if not self._open:
+                self._none_open.set()
+
+    async def streams_ended(self, timeout: float) -> bool:
+        """Wait until no stream call is open; False if ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._none_open.wait(), max(0.0, timeout))
+        except TimeoutError:
+            return False
+        return True
 
     def begin(self) -> None:
         """Stop reading every open stream (each flushes its answers, then ends UNAVAILABLE);

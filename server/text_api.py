@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 
@@ -40,6 +41,10 @@ SERVICE = SERVICE_DESCRIPTOR.full_name            # "rnnserve.v1.Sentiment"
 
 #: Trailing-metadata key of the snapshot a drained stream ends with.
 STATE_TRAILER = "rnnserve-sequence-state-bin"
+
+#: How long a draining server waits for a new stream's first message (to give back the
+#: state it brought) before refusing it without one.
+FIRST_MESSAGE_SECONDS = 1.0
 
 DRAIN_MESSAGE = ("the server is shutting down; chunks answered so far are final, reopen the "
                  "stream on another replica")
@@ -128,6 +133,16 @@ class SentimentServicer:
     # -- streaming ----------------------------------------------------------------------
 
     async def StreamClassify(self, requests: AsyncIterator, context: aio.ServicerContext):
+        with self.drain.holding():
+            if self.drain.active:
+                await self._refuse_drained(requests, context)
+            async with contextlib.aclosing(self._answers(requests, context)) as answers:
+                async for response in answers:
+                    yield response
+
+    async def _answers(self, requests: AsyncIterator, context: aio.ServicerContext):
+        """The stream's responses; ends it with its status (a drained one with its
+        snapshot)."""
         stream = _Stream(self._client(context))
         pump = StreamPump(functools.partial(self._submit, stream=stream), ordered=True,
                           window=self.settings.max_pending_chunks, drain=self.drain)
@@ -162,6 +177,20 @@ class SentimentServicer:
         finally:
             if stream.engine is not None:
                 stream.engine.end_sequence(stream.key, why=why)
+
+    async def _refuse_drained(self, requests: AsyncIterator, context) -> None:
+        """End a stream that reached a draining server with UNAVAILABLE and, once its first
+        message is read, the state it brought as the trailer (empty for a new sequence):
+        nothing of it was answered here, so the client resends it all elsewhere."""
+        try:
+            async with asyncio.timeout(FIRST_MESSAGE_SECONDS):
+                first = await anext(aiter(requests), None)
+        except TimeoutError:
+            first = None
+        if first is None:
+            await context.abort(DRAINED.code, DRAIN_MESSAGE)
+        await context.abort(DRAINED.code, DRAIN_RESUME_MESSAGE,
+                            trailing_metadata=((STATE_TRAILER, first.resume_state),))
 
     async def _abort_drained(self, context, stream: _Stream) -> None:
         """End a drained stream with UNAVAILABLE and, when its sequence is still open and

@@ -309,3 +309,35 @@ def test_drained_stream_ends_with_its_state_and_resumes_elsewhere(tiny_repositor
     np.testing.assert_allclose([r.prediction.logits for r in answered + resumed], expected,
                                atol=TOLERANCE, rtol=0)
     assert [r.chunk_index for r in answered + resumed] == [1, 2, 3, 4]
+
+
+def test_a_draining_server_turns_new_streams_away_with_the_state_they_brought(
+        tiny_repository, stub, offline):
+    """While a drain ends the open streams the port still takes calls; a stream opened then
+    is refused with UNAVAILABLE and, as its trailer, the state it came with (empty for a new
+    sequence), so the documented client resends it elsewhere unchanged."""
+    first = list(stub.StreamClassify(iter([
+        pb.StreamClassifyRequest(text=CHUNKS[0], model=LSTM, export_state=True)]), timeout=30))
+    state = first[0].state
+    assert state
+    with start_server(tiny_repository) as draining, draining.channel() as channel:
+        draining.run_sync(draining.server.drain.begin)      # what a shutdown does first
+        doomed = sentiment_pb2_grpc.SentimentStub(channel)
+        refused = {}
+        for name, request in (
+                ("resume", pb.StreamClassifyRequest(resume_state=state, text=CHUNKS[1])),
+                ("new", pb.StreamClassifyRequest(text=CHUNKS[0], model=LSTM))):
+            with pytest.raises(grpc.RpcError) as error:
+                list(doomed.StreamClassify(iter([request]), timeout=30))
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE, name
+            assert STATE_TRAILER in error.value.details(), name
+            refused[name] = dict(error.value.trailing_metadata())[STATE_TRAILER]
+        # Unary calls are still answered until the port closes.
+        assert doomed.Classify(pb.ClassifyRequest(texts=[CHUNKS[0]], model=LSTM),
+                               timeout=30).predictions
+    assert refused == {"resume": state, "new": b""}
+    resumed = list(stub.StreamClassify(iter([
+        pb.StreamClassifyRequest(resume_state=refused["resume"], text=CHUNKS[1], end=True)]),
+        timeout=30))
+    np.testing.assert_allclose([r.prediction.logits for r in first + resumed],
+                               offline[LSTM].stream(CHUNKS[:2]), atol=TOLERANCE, rtol=0)
