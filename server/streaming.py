@@ -46,7 +46,7 @@ Submit = Callable[[Any], Awaitable[tuple[Any, Awaitable]]]
 class Drain:
     """Server shutdown as the servicers see it: a flag, the readers of open streams and how
     many stream calls are open (:meth:`holding`), so that the server can wait for every
-    drained stream to have ended before it stops accepting connections' calls."""
+    drained stream to have ended before it stops accepting calls (server/app.py)."""
 
     def __init__(self) -> None:
         self.active = False
