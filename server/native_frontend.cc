@@ -30,7 +30,10 @@
 // - SIGTERM/SIGINT (sent once the Python server has ended its streams): stop accepting
 //   calls, let those in flight finish, exit 0 once all are done or --grace seconds have
 //   passed.
-// - stdout carries one line, `listening <port>`, once the port is bound.
+// - The public port is a listening socket the Python process made and keeps (--listen-fd):
+//   while this process is restarted, connections wait in its backlog instead of being
+//   refused. This process accepts them (one thread) and hands each to grpc.
+// - stdout carries one line, `listening <port>`, once the server takes connections.
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -40,6 +43,10 @@
 #include <grpcpp/security/tls_credentials_options.h>
 #include <grpcpp/support/byte_buffer.h>
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -452,9 +459,39 @@ std::shared_ptr<grpc::ServerCredentials> Credentials(const std::string& cert,
   return grpc::experimental::TlsServerCredentials(options);
 }
 
+// Accepts connections on the inherited listening socket and hands each to grpc, until
+// `wake_fd` becomes readable (shutdown); then closes this process's copy of the socket.
+void AcceptLoop(int listen_fd, int wake_fd,
+                grpc::experimental::ExternalConnectionAcceptor* acceptor) {
+  fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+  pollfd watched[2] = {{listen_fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+  while (true) {
+    if (poll(watched, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (watched[1].revents != 0) break;
+    if ((watched[0].revents & POLLIN) == 0) continue;
+    int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));   // let calls finish
+      }
+      continue;   // EAGAIN (another accept won), ECONNABORTED, EINTR, ...
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    grpc::experimental::ExternalConnectionAcceptor::NewConnectionParameters connection;
+    connection.listener_fd = listen_fd;
+    connection.fd = fd;                  // grpc owns it from here
+    acceptor->HandleNewConnection(&connection);
+  }
+  close(listen_fd);
+}
+
 int Usage() {
   std::fprintf(stderr,
-               "usage: rnnserve-frontend --listen HOST:PORT --backend UNIX_PATH --calls UNIX_PATH\n"
+               "usage: rnnserve-frontend --listen-fd FD --backend UNIX_PATH --calls UNIX_PATH\n"
                "       [--unary /pkg.Service/Method]... [--arg grpc.key=INT]... [--grace SECONDS]\n"
                "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n"
                "Started by `rnnserve serve --frontend native`; not meant to be run by hand.\n");
@@ -464,13 +501,14 @@ int Usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string listen, backend_path, calls_path, tls_cert, tls_key, tls_client_ca;
+  std::string backend_path, calls_path, tls_cert, tls_key, tls_client_ca;
+  int listen_fd = -1;
   std::unordered_map<std::string, uint16_t> unary;
   std::vector<std::pair<std::string, int>> args;
   double grace = 30.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--listen") listen = value;
+    if (flag == "--listen-fd") listen_fd = std::atoi(value.c_str());
     else if (flag == "--backend") backend_path = value;
     else if (flag == "--calls") calls_path = value;
     else if (flag == "--unary") unary.emplace(value, static_cast<uint16_t>(unary.size()));
@@ -484,7 +522,7 @@ int main(int argc, char** argv) {
       args.emplace_back(value.substr(0, eq), std::atoi(value.c_str() + eq + 1));
     } else return Usage();
   }
-  if (listen.empty() || backend_path.empty() || calls_path.empty() || argc % 2 == 0) return Usage();
+  if (listen_fd < 0 || backend_path.empty() || calls_path.empty() || argc % 2 == 0) return Usage();
 
   // Signals are taken by one thread (sigwait) so that no grpc thread is interrupted.
   sigset_t signals;
@@ -509,9 +547,25 @@ int main(int argc, char** argv) {
                                            grpc::InsecureChannelCredentials(), backend_args);
   Router router(&link, std::move(unary), channel);
 
+  sockaddr_storage bound{};
+  socklen_t bound_size = sizeof(bound);
+  int listening = 0;
+  socklen_t listening_size = sizeof(listening);
+  if (getsockname(listen_fd, reinterpret_cast<sockaddr*>(&bound), &bound_size) != 0 ||
+      getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &listening_size) != 0 ||
+      !listening || (bound.ss_family != AF_INET && bound.ss_family != AF_INET6)) {
+    std::fprintf(stderr, "rnnserve-frontend: --listen-fd %d is not a listening TCP socket\n",
+                 listen_fd);
+    return 3;
+  }
+  int port = ntohs(bound.ss_family == AF_INET
+                       ? reinterpret_cast<sockaddr_in*>(&bound)->sin_port
+                       : reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(listen, Credentials(tls_cert, tls_key, tls_client_ca), &port);
+  auto acceptor = builder.experimental().AddExternalConnectionAcceptor(
+      grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+      Credentials(tls_cert, tls_key, tls_client_ca));
   for (const auto& [key, value] : args) {
     if (key == "grpc.max_receive_message_length") builder.SetMaxReceiveMessageSize(value);
     else if (key == "grpc.max_send_message_length") builder.SetMaxSendMessageSize(value);
@@ -519,15 +573,18 @@ int main(int argc, char** argv) {
   }
   builder.RegisterCallbackGenericService(&router);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::fprintf(stderr, "rnnserve-frontend: cannot bind %s\n", listen.c_str());
+  int wake[2];
+  if (!server || pipe2(wake, O_CLOEXEC) != 0) {
+    std::fprintf(stderr, "rnnserve-frontend: cannot start the server\n");
     return 3;
   }
+  std::thread accepting(AcceptLoop, listen_fd, wake[0], acceptor.get());
   std::printf("listening %d\n", port);
   std::fflush(stdout);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
+  if (write(wake[1], "x", 1) == 1) accepting.join();   // no new connections from here on
   auto deadline = std::chrono::system_clock::now() +
                   std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));
   server->Shutdown(deadline);

@@ -22,6 +22,10 @@ Invariants:
   no reply is sent for it.
 - The front-end exits when this process's socket closes, so it never outlives the server;
   :class:`NativeFrontend` restarts it if it dies while serving.
+- This process makes the public listening socket and keeps it open until shutdown; each
+  front-end inherits it and accepts on it. While a front-end is restarted, new connections
+  wait in the socket's backlog instead of being refused (and their clients' reconnect
+  backoff never starts).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -247,6 +252,22 @@ class CallEndpoint(asyncio.Protocol):
         self._outbox.clear()
 
 
+def listening_socket(address: str) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (``[v6 address]:port`` too; port 0 = any);
+    ``::`` takes IPv4 as well, as grpc does."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, _, _, _, where = socket.getaddrinfo(host or None, int(port),
+                                                    type=socket.SOCK_STREAM,
+                                                    flags=socket.AI_PASSIVE)[0]
+        return socket.create_server(where, family=family, backlog=socket.SOMAXCONN,
+                                    dualstack_ipv6=family == socket.AF_INET6
+                                    and host in ("", "::"))
+    except (OSError, ValueError) as exc:
+        raise OSError(f"cannot bind gRPC port {address}: {exc}") from exc
+
+
 class NativeFrontend:
     """Starts, watches and stops the C++ front-end of one server process."""
 
@@ -269,6 +290,7 @@ class NativeFrontend:
         self._calls = self.directory / "calls.sock"
         self._binary: Path | None = None
         self._unix_server: asyncio.AbstractServer | None = None
+        self._socket: socket.socket | None = None
         self._process: subprocess.Popen | None = None
         self._watch: asyncio.Task | None = None
         self._stopping = False
@@ -282,14 +304,15 @@ class NativeFrontend:
         self._binary = await loop.run_in_executor(None, binary, self._cache)
         self._unix_server = await loop.create_unix_server(
             lambda: CallEndpoint(self._handlers, self._interceptors), path=str(self._calls))
-        await self._spawn(self._listen)
-        host = self._listen.rpartition(":")[0]
-        self._listen = f"{host}:{self.port}"      # a restart binds the same port
+        self._socket = listening_socket(self._listen)
+        self.port = self._socket.getsockname()[1]
+        await self._spawn()
         self._watch = loop.create_task(self._supervise())
         return self.port
 
-    async def _spawn(self, listen: str) -> None:
-        command = [str(self._binary), "--listen", listen, "--backend", str(self.backend),
+    async def _spawn(self) -> None:
+        listen_fd = self._socket.fileno()
+        command = [str(self._binary), "--listen-fd", str(listen_fd), "--backend", str(self.backend),
                    "--calls", str(self._calls), "--grace", str(self._grace)]
         for path, _ in self._handlers:
             command += ["--unary", path]
@@ -299,14 +322,14 @@ class NativeFrontend:
             command += [f"--tls-{name.replace('_', '-')}", str(path)]
         # subprocess.Popen (vfork) rather than the loop's fork: grpc's threads are running.
         loop = asyncio.get_running_loop()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE)  # noqa: ASYNC220 - vfork, fast
+        process = subprocess.Popen(command, stdout=subprocess.PIPE,  # noqa: ASYNC220 - vfork
+                                   pass_fds=(listen_fd,))
         line = await loop.run_in_executor(None, process.stdout.readline)
         process.stdout.close()
         if not line.startswith(b"listening "):
             await loop.run_in_executor(None, process.wait)
-            raise OSError(f"cannot bind gRPC port {listen} (native front-end exited with "
+            raise OSError(f"the native front-end did not start on port {self.port} (exit "
                           f"status {process.returncode})")
-        self.port = int(line.split()[1])
         self._process = process
         log_event(log, "native_frontend_started", pid=process.pid, port=self.port)
 
@@ -320,7 +343,7 @@ class NativeFrontend:
             log_event(log, "native_frontend_exited", level=logging.WARNING, status=status,
                       restarts=self.restarts)
             try:
-                await self._spawn(self._listen)
+                await self._spawn()
             except OSError as exc:
                 log_event(log, "native_frontend_restart_failed", level=logging.ERROR,
                           error=str(exc))
@@ -329,12 +352,14 @@ class NativeFrontend:
     def begin_shutdown(self) -> None:
         """Stop accepting calls; those in flight finish within the grace period."""
         self._stopping = True
+        self._close_socket()
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """Stop at once: every call in flight on the front-end fails (UNAVAILABLE)."""
         self._stopping = True
+        self._close_socket()
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
 
@@ -352,7 +377,15 @@ class NativeFrontend:
             self._watch.cancel()
         if self._unix_server is not None:
             self._unix_server.close()
+        self._close_socket()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _close_socket(self) -> None:
+        """This process's copy of the listening socket; the port closes once the front-end
+        has closed its own (it stops accepting on SIGTERM)."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     @property
     def pid(self) -> int | None:
