@@ -471,6 +471,12 @@ void AcceptLoop(int listen_fd, int wake_fd,
       break;
     }
     if (watched[1].revents != 0) break;
+    if ((watched[0].revents & ~POLLIN) != 0) {   // never serve on without taking connections:
+      std::fprintf(stderr, "rnnserve-frontend: the listening socket failed (poll 0x%x)\n",
+                   watched[0].revents);               // exit, the server logs and restarts
+      std::fflush(stderr);
+      std::_Exit(4);
+    }
     if ((watched[0].revents & POLLIN) == 0) continue;
     int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
