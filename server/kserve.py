@@ -182,15 +182,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def submit(request):
             return None, self._stream_one(request, context)
 
+        self._drain.track(context)
         pump = StreamPump(submit, window=STREAM_WINDOW, drain=self._drain, ordered=False)
-        with self._drain.holding():
-            try:
-                async for _, item in pump.outcomes(request_iterator):
-                    yield item
-            except ServingError as error:
-                if error is DRAINED:
-                    await context.abort(error.code, SHUTDOWN_MESSAGE)
-                await context.abort(error.code, error.message)
+        try:
+            async for _, item in pump.outcomes(request_iterator):
+                yield item
+        except ServingError as error:
+            if error is DRAINED:
+                await context.abort(error.code, SHUTDOWN_MESSAGE)
+            await context.abort(error.code, error.message)
 
     async def _stream_one(self, request, context) -> service_pb2.ModelStreamInferResponse:
         """One stream request's answer; a failure is answered, never raised."""

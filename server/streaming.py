@@ -25,9 +25,8 @@ Invariants of a pump:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from .errors import Internal, ServingError, Unavailable
@@ -45,7 +44,7 @@ Submit = Callable[[Any], Awaitable[tuple[Any, Awaitable]]]
 
 class Drain:
     """Server shutdown as the servicers see it: a flag, the readers of open streams and how
-    many stream calls are open (:meth:`holding`), so that the server can wait for every
+    many stream calls are open (:meth:`track`), so that the server can wait for every
     drained stream to have ended before it stops accepting calls (server/app.py)."""
 
     def __init__(self) -> None:
@@ -55,18 +54,17 @@ class Drain:
         self._none_open = asyncio.Event()
         self._none_open.set()
 
-    @contextlib.contextmanager
-    def holding(self) -> Iterator[None]:
-        """Count one stream call as open for the duration of the block (its whole handler,
-        so that the count falls only once its status is on its way)."""
+    def track(self, context) -> None:
+        """Count a stream call as open until grpc reports it done (its status sent, or the
+        call cancelled)."""
         self._open += 1
         self._none_open.clear()
-        try:
-            yield
-        finally:
-            self._open -= 1
-            if not self._open:
-                self._none_open.set()
+        context.add_done_callback(self._call_done)
+
+    def _call_done(self, _context) -> None:
+        self._open -= 1
+        if not self._open:
+            self._none_open.set()
 
     async def streams_ended(self, timeout: float) -> bool:
         """Wait until no stream call is open; False if ``timeout`` seconds passed first."""

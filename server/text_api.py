@@ -21,7 +21,6 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator
 
@@ -133,16 +132,9 @@ class SentimentServicer:
     # -- streaming ----------------------------------------------------------------------
 
     async def StreamClassify(self, requests: AsyncIterator, context: aio.ServicerContext):
-        with self.drain.holding():
-            if self.drain.active:
-                await self._refuse_drained(requests, context)
-            async with contextlib.aclosing(self._answers(requests, context)) as answers:
-                async for response in answers:
-                    yield response
-
-    async def _answers(self, requests: AsyncIterator, context: aio.ServicerContext):
-        """The stream's responses; ends it with its status (a drained one with its
-        snapshot)."""
+        self.drain.track(context)
+        if self.drain.active:
+            await self._refuse_drained(requests, context)
         stream = _Stream(self._client(context))
         pump = StreamPump(functools.partial(self._submit, stream=stream), ordered=True,
                           window=self.settings.max_pending_chunks, drain=self.drain)
