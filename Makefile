@@ -56,10 +56,10 @@ demo: install
 	$(BIN)/rnnserve demo
 
 # The protocol suites once more, every server behind the native C++ front-end
-# (--frontend native): the outside must not tell the two apart. Tests whose server needs
-# what that front-end lacks (--workers above 1) skip themselves (tests/serving.py);
-# the soak and the sustained load run once, in the main pass (slow fuzz and races run here
-# too when RNNSERVE_SLOW=1).
+# (--frontend native): the outside must not tell the two apart. Tests of the Python
+# front-end processes (--workers 2 --frontend python) name their front-end and run as in
+# the main pass; the soak and the sustained load run once, in the main pass (slow fuzz and
+# races run here too when RNNSERVE_SLOW=1).
 NATIVE_SUITES = tests/server/test_classify.py tests/server/test_errors.py \
         tests/server/test_streams.py tests/server/test_sequence_state.py \
         tests/server/test_sequence_quota.py tests/server/test_health.py \

@@ -6,8 +6,8 @@ Why a C client: a Python gRPC client spends 150-450 µs of CPU per request, as m
 server; h2load (Debian's ``nghttp2-client``) sends pre-framed gRPC requests for ~10 µs each,
 so on a small machine the numbers are the server's, not the client's.
 
-For every placement and every server setup (each ``--frontend`` at each ``--workers``; the
-native front-end runs one process, so only ``--workers 1``):
+For every placement and every server setup (each ``--frontend`` at each ``--workers``;
+``auto`` is what ``rnnserve serve`` picks by default: python at one worker, native above):
 
 - ``pinned``: the server (all its processes) on the cores after the first, h2load on core 0;
   ``unpinned``: nobody pinned;
@@ -158,10 +158,9 @@ def server_argv(repository: Path, port: int, metrics_port: int, workers: int,
 
 
 def setups(frontends: str, workers: str) -> list[tuple[str, int]]:
-    """(front-end, workers) pairs to measure, in order; native only with one worker."""
+    """(front-end, workers) pairs to measure, in order."""
     return [(frontend, count) for frontend in frontends.split(",")
-            for count in (int(w) for w in workers.split(","))
-            if frontend == "python" or count == 1]
+            for count in (int(w) for w in workers.split(","))]
 
 
 def non_ok_requests(metrics_port: int) -> int:
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--frontend", default="python",
-                        help="comma-separated front-ends: python, native")
+                        help="comma-separated front-ends: python, native, auto")
     parser.add_argument("--instances", type=int, default=None,
                         help="the server's --instances (ORT sessions; default: its own)")
     parser.add_argument("--placement", default="pinned,unpinned")
@@ -220,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw req/s vs workers")
     parser.add_argument("--install", action="store_true", help="apt-get install h2load")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every setup this many times, in turn (this VM's speed "
+                             "drifts between minutes: compare setups within a round)")
     args = parser.parse_args(argv)
     ensure_tools(args.install)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,14 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         server_cpus = (f"1-{cores - 1}" if cores > 2 else "1") if placement == "pinned" else None
         limit = _raw_limit_subprocess(args, "1" if placement == "pinned" else None)
         entry = {"raw_limit_one_core": limit, "servers": []}
-        for frontend, workers in setups(args.frontend, args.workers):
-            entry["servers"].append(measure_server(
-                args.repository, args.model, data, workers=workers,
-                concurrencies=[int(c) for c in args.concurrency.split(",")],
-                requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
-                out=args.out, device=args.device, frontend=frontend,
-                instances=args.instances))
-            print(json.dumps(entry["servers"][-1]), flush=True)
+        for round_ in range(1, args.rounds + 1):
+            for frontend, workers in setups(args.frontend, args.workers):
+                server = measure_server(
+                    args.repository, args.model, data, workers=workers,
+                    concurrencies=[int(c) for c in args.concurrency.split(",")],
+                    requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
+                    out=args.out, device=args.device, frontend=frontend,
+                    instances=args.instances)
+                entry["servers"].append({**server, "round": round_})
+                print(json.dumps(entry["servers"][-1]), flush=True)
         results["placements"][placement] = entry
     (args.out / "capacity.json").write_text(json.dumps(results, indent=2))
     print(report(results))
@@ -250,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(results: dict, path: Path) -> None:
-    """req/s and server CPU µs per request against --workers, per placement and concurrency."""
+    """req/s and server CPU µs per request against --workers, per placement and concurrency
+    (the mean of the rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -262,15 +267,19 @@ def plot(results: dict, path: Path) -> None:
         frontends = list(dict.fromkeys(s.get("frontend", "python") for s in entry["servers"]))
         for frontend in frontends:
             for concurrency in concurrencies:
-                points = [(s["workers"], run) for s in entry["servers"] for run in s["runs"]
-                          if run["concurrency"] == concurrency
-                          and s.get("frontend", "python") == frontend]
+                by_workers: dict[int, list[dict]] = {}     # every round's run, averaged
+                for server in entry["servers"]:
+                    if server.get("frontend", "python") == frontend:
+                        by_workers.setdefault(server["workers"], []).extend(
+                            run for run in server["runs"] if run["concurrency"] == concurrency)
+                workers = sorted(by_workers)
                 label = f"{placement}, {frontend}, c={concurrency}"
                 style = "o-" if frontend == "python" else "s--"
-                rate.plot([w for w, _ in points], [r["req_s"] for _, r in points], style,
-                          label=label)
-                cost.plot([w for w, _ in points],
-                          [r["server_cpu_us_per_request"] for _, r in points], style, label=label)
+                rate.plot(workers, [np.mean([r["req_s"] for r in by_workers[w]])
+                                    for w in workers], style, label=label)
+                cost.plot(workers, [np.mean([r["server_cpu_us_per_request"]
+                                             for r in by_workers[w]]) for w in workers],
+                          style, label=label)
         rate.axhline(entry["raw_limit_one_core"]["sentences_per_s"], linestyle=":",
                      color="grey", label=f"raw tokenize+ORT, 1 core ({placement})")
     rate.set(xlabel="--workers", ylabel="requests/s (h2load)", title="Classify capacity")
@@ -300,13 +309,16 @@ def report(results: dict) -> str:
     for placement, entry in results["placements"].items():
         limit = entry["raw_limit_one_core"]["sentences_per_s"]
         base = {}
+        rounds = max(server.get("round", 1) for server in entry["servers"])
         for server in entry["servers"]:
+            where = placement if rounds == 1 else f"{placement}, round {server['round']}"
             for run in server["runs"]:
-                base.setdefault(run["concurrency"], run["req_s"])
+                key = (server.get("round", 1), run["concurrency"])    # within one round
+                base.setdefault(key, run["req_s"])
                 lines.append(
-                    f"| {placement} | {server.get('frontend', 'python')} | {server['workers']} | "
+                    f"| {where} | {server.get('frontend', 'python')} | {server['workers']} | "
                     f"{run['concurrency']} | "
-                    f"{run['req_s']:,.0f} | {run['req_s'] / base[run['concurrency']]:.2f} | "
+                    f"{run['req_s']:,.0f} | {run['req_s'] / base[key]:.2f} | "
                     f"{run['req_s'] / limit:.2f} | {run['server_cpu_us_per_request']:.0f} |")
         lines.append(f"| {placement} | raw limit | | best batch "
                      f"{entry['raw_limit_one_core']['best_batch']} | {limit:,.0f} | | 1.00 | |")

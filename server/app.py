@@ -43,6 +43,7 @@ from . import kserve, security
 from .cpus import resolve_workers
 from .guarded import generic_handler
 from .logs import configure_logging, log_event
+from .native_frontend import choose_frontend
 from .settings import ServerSettings
 from .streaming import Drain
 from .telemetry import ServerTelemetry
@@ -162,7 +163,7 @@ class RnnServer:
                 tls=None if credentials is None else {"cert": settings.tls_cert,
                                                       "key": settings.tls_key,
                                                       "client_ca": settings.tls_client_ca},
-                cache=settings.native_cache)
+                cache=settings.native_cache, processes=resolve_workers(settings.workers))
             self.server.add_insecure_port(f"unix:{self.native.backend}")
             await self.server.start()
             self.port = await self.native.start()
@@ -338,13 +339,19 @@ async def run(settings: ServerSettings, make_server=RnnServer) -> int:
 
 def serve(settings: ServerSettings) -> int:
     """Configure logging and run the server to completion (the CLI's entry point): one
-    process, or with ``--workers`` > 1 a supervisor of front-end processes
+    process, with ``--frontend native`` beside its C++ front-end processes, or with
+    ``--workers`` > 1 and the Python front-end a supervisor of front-end processes
     (server/workers.py)."""
     configure_logging(settings.log_format, settings.log_level)
     use_uvloop()
-    # The native front-end spreads gRPC over the cores with its own threads: one process.
-    workers = 1 if settings.frontend == "native" else resolve_workers(settings.workers)
-    if workers > 1:
+    workers = resolve_workers(settings.workers)
+    frontend, why_not = choose_frontend(settings.frontend, workers,
+                                        settings.native_cache.expanduser())
+    if why_not is not None:
+        log_event(log, "native_frontend_unavailable", level=logging.WARNING,
+                  frontend=frontend, workers=workers, reason=why_not)
+    settings = settings.model_copy(update={"workers": workers, "frontend": frontend})
+    if workers > 1 and frontend == "python":
         from .workers import run_workers
 
         return asyncio.run(run_workers(settings, workers))

@@ -41,6 +41,7 @@ from tritonclient.grpc import model_config_pb2
 
 from rnnserve.repository import config_parameters
 
+from .cpus import resolve_workers
 from .errors import InvalidArgument, NotFound, ServingError, Unavailable
 from .settings import ServerSettings
 
@@ -95,7 +96,8 @@ class EngineOptions:
         if idle is None and config.sequence_batching.max_sequence_idle_microseconds > 0:
             idle = config.sequence_batching.max_sequence_idle_microseconds / 1e6
         chunk = settings.chunk_length or int(params.get("chunk_length") or DEFAULT_CHUNK_LENGTH)
-        instances = settings.instances or sum(g.count for g in config.instance_group) or 1
+        instances = settings.instances or sum(g.count for g in config.instance_group) or \
+            resolve_workers(settings.workers)
         return cls(
             max_batch_size=settings.max_batch_size or max(1, config.max_batch_size),
             max_queue_delay_s=delay_us / 1e6,

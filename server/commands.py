@@ -45,12 +45,12 @@ def serve_command(
     host: Annotated[str | None, setting_option(
         help="Address the gRPC server binds.", default="0.0.0.0")] = None,
     workers: Annotated[str | None, setting_option(
-        help="Front-end processes sharing the port: a number, or auto (= the CPUs available).",
-        default=1, metavar="<int|auto>")] = None,
+        help="Front-end processes sharing the port, and ORT sessions per model: a number, or "
+             "auto (= the CPUs available).", default=1, metavar="<int|auto>")] = None,
     frontend: Annotated[str | None, setting_option(
-        help="What carries gRPC on the port: python (grpc.aio) or native (a C++ front-end, "
-             "compiled on first use; one process).", default="python",
-        metavar="<python|native>")] = None,
+        help="What carries gRPC on the port: python (grpc.aio), native (a C++ front-end, "
+             "compiled on first use) or auto (python with one worker, native with more "
+             "where it builds).", default="auto", metavar="<auto|python|native>")] = None,
     model_control: Annotated[str | None, setting_option(
         help="How versions are loaded while serving: none (those found at start-up until "
              "exit), poll (rescan the repository) or explicit (KServe load/unload RPCs).",

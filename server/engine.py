@@ -149,7 +149,8 @@ class ModelEngine(StepAwaiting):
         warm = 0.0
         for _ in range(options.instances):
             model = OnnxModel(path, self.metadata, self.settings,
-                              max_batch_size=options.max_batch_size)
+                              max_batch_size=options.max_batch_size,
+                              sessions=options.instances)
             if options.warmup:
                 warm += model.warmup(warmup_batch_sizes(options.max_batch_size),
                                      [min(16, options.chunk_length)])

@@ -22,6 +22,9 @@ Invariants:
   no reply is sent for it.
 - The front-end exits when this process's socket closes, so it never outlives the server;
   :class:`NativeFrontend` restarts it if it dies while serving.
+- With ``processes`` N (``--workers N``), N front-ends share the listening socket (the
+  kernel hands each connection to one of them) and each has its own calls connection, so
+  one that dies costs only the calls it carried.
 - This process makes the public listening socket and keeps it open until shutdown; each
   front-end inherits it and accepts on it. While a front-end is restarted, new connections
   wait in the socket's backlog instead of being refused (and their clients' reconnect
@@ -98,6 +101,26 @@ def binary(cache: Path = DEFAULT_CACHE, source: Path = SOURCE) -> Path:
         raise BuildError(f"compiling {source.name} failed:\n{built.stderr[-2000:]}")
     partial.replace(target)               # atomic: concurrent builders agree
     return target
+
+
+def choose_frontend(requested: str, workers: int,
+                    cache: Path = DEFAULT_CACHE) -> tuple[str, str | None]:
+    """What ``--frontend requested`` means with ``workers`` front-end processes: python or
+    native, and why native is not used when ``auto`` wanted it (else None).
+
+    ``auto`` is python for one worker (the single process answers streams without a hop)
+    and native for more, where the binary is cached or builds here: on the 2-core test
+    machine two C++ front-ends and two ORT sessions answered 1.7-2.1x the single process,
+    two Python front-end processes 1.0-1.4x (docs/benchmarks.md, "Server capacity")."""
+    if requested != "auto":
+        return requested, None
+    if workers == 1:
+        return "python", None
+    try:
+        binary(cache)
+    except BuildError as exc:
+        return "python", str(exc)
+    return "native", None
 
 
 def unary_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
@@ -275,9 +298,10 @@ class NativeFrontend:
                  options: list[tuple[str, int]], grace: float,
                  interceptors: list[aio.ServerInterceptor] = (),
                  tls: dict[str, Path | None] | None = None,
-                 cache: Path = DEFAULT_CACHE) -> None:
+                 cache: Path = DEFAULT_CACHE, processes: int = 1) -> None:
         """``tls``: ``{"cert": ..., "key": ..., "client_ca": ...}`` (paths, client_ca
-        optional) for TLS or mutual TLS on the public port; None = plaintext."""
+        optional) for TLS or mutual TLS on the public port; None = plaintext.
+        ``processes``: front-end processes accepting on the one port."""
         self._handlers = list(handlers.items())     # index = the method number in frames
         self._interceptors = list(interceptors)
         self._listen = listen
@@ -291,8 +315,8 @@ class NativeFrontend:
         self._binary: Path | None = None
         self._unix_server: asyncio.AbstractServer | None = None
         self._socket: socket.socket | None = None
-        self._process: subprocess.Popen | None = None
-        self._watch: asyncio.Task | None = None
+        self._processes: list[subprocess.Popen | None] = [None] * max(1, processes)
+        self._watches: list[asyncio.Task] = []
         self._stopping = False
         self.port = 0
         self.restarts = 0
@@ -306,11 +330,13 @@ class NativeFrontend:
             lambda: CallEndpoint(self._handlers, self._interceptors), path=str(self._calls))
         self._socket = listening_socket(self._listen)
         self.port = self._socket.getsockname()[1]
-        await self._spawn()
-        self._watch = loop.create_task(self._supervise())
+        for index in range(len(self._processes)):
+            await self._spawn(index)
+        self._watches = [loop.create_task(self._supervise(index))
+                         for index in range(len(self._processes))]
         return self.port
 
-    async def _spawn(self) -> None:
+    async def _spawn(self, index: int) -> None:
         listen_fd = self._socket.fileno()
         command = [str(self._binary), "--listen-fd", str(listen_fd), "--backend", str(self.backend),
                    "--calls", str(self._calls), "--grace", str(self._grace)]
@@ -330,20 +356,20 @@ class NativeFrontend:
             await loop.run_in_executor(None, process.wait)
             raise OSError(f"the native front-end did not start on port {self.port} (exit "
                           f"status {process.returncode})")
-        self._process = process
-        log_event(log, "native_frontend_started", pid=process.pid, port=self.port)
+        self._processes[index] = process
+        log_event(log, "native_frontend_started", pid=process.pid, port=self.port, index=index)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, index: int) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            status = await loop.run_in_executor(None, self._process.wait)
+            status = await loop.run_in_executor(None, self._processes[index].wait)
             if self._stopping:
                 return
             self.restarts += 1
             log_event(log, "native_frontend_exited", level=logging.WARNING, status=status,
-                      restarts=self.restarts)
+                      pid=self._processes[index].pid, index=index, restarts=self.restarts)
             try:
-                await self._spawn()
+                await self._spawn(index)
             except OSError as exc:
                 log_event(log, "native_frontend_restart_failed", level=logging.ERROR,
                           error=str(exc))
@@ -353,28 +379,35 @@ class NativeFrontend:
         """Stop accepting calls; those in flight finish within the grace period."""
         self._stopping = True
         self._close_socket()
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
+        for process in self._running():
+            process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """Stop at once: every call in flight on the front-end fails (UNAVAILABLE)."""
         self._stopping = True
         self._close_socket()
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+        for process in self._running():
+            process.kill()
+
+    def _running(self) -> list[subprocess.Popen]:
+        return [process for process in self._processes
+                if process is not None and process.poll() is None]
 
     async def wait_stopped(self, timeout: float) -> None:
-        """Wait for the front-end's exit (killed after ``timeout``), then clean up."""
-        process = self._process
-        if process is not None:
-            loop = asyncio.get_running_loop()
-            try:    # the front-end gives up on its calls at the same deadline by itself
-                await asyncio.wait_for(loop.run_in_executor(None, process.wait), timeout + 2)
+        """Wait for the front-ends' exit (killed after ``timeout``), then clean up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout + 2
+        for process in self._processes:
+            if process is None:
+                continue
+            try:    # a front-end gives up on its calls at the same deadline by itself
+                await asyncio.wait_for(loop.run_in_executor(None, process.wait),
+                                       max(0.0, deadline - loop.time()))
             except TimeoutError:
                 process.kill()
                 await loop.run_in_executor(None, process.wait)
-        if self._watch is not None:
-            self._watch.cancel()
+        for watch in self._watches:
+            watch.cancel()
         if self._unix_server is not None:
             self._unix_server.close()
         self._close_socket()
@@ -388,5 +421,6 @@ class NativeFrontend:
             self._socket = None
 
     @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+    def pids(self) -> list[int]:
+        """The front-end processes' ids (one per ``processes``, once started)."""
+        return [process.pid for process in self._processes if process is not None]

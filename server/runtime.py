@@ -138,11 +138,14 @@ def _cuda_failed(device: str, device_id: int, reason: str, model: Path) -> None:
                   model=str(model), provider=CPU, reason=f"CUDA not usable: {reason}"[:500])
 
 
-def session_options(settings: ServerSettings) -> ort.SessionOptions:
+def session_options(settings: ServerSettings, sessions: int = 1) -> ort.SessionOptions:
+    """Options of one of ``sessions`` ORT sessions that run side by side."""
     options = ort.SessionOptions()
     # Default: every CPU this process may use but one, which the event loop (gRPC,
-    # tokenization, batching) needs while ORT computes; at least one.
-    options.intra_op_num_threads = settings.intra_op_threads or max(1, available_cpus() - 1)
+    # tokenization, batching) needs while ORT computes, shared among the sessions; at
+    # least one.
+    options.intra_op_num_threads = settings.intra_op_threads or \
+        max(1, (available_cpus() - 1) // sessions)
     options.inter_op_num_threads = settings.inter_op_threads
     options.graph_optimization_level = _GRAPH_LEVELS[settings.graph_optimization]
     options.enable_cpu_mem_arena = settings.cpu_mem_arena
@@ -181,11 +184,11 @@ def cpu_pin_reason(metadata: RepositoryMetadata, settings: ServerSettings) -> st
 
 
 def open_session(model: Path | bytes, settings: ServerSettings,
-                 provider: str) -> ort.InferenceSession:
+                 provider: str, sessions: int = 1) -> ort.InferenceSession:
     """An ORT session of ``model`` (a file or serialized bytes) on ``provider`` with ORT's own
-    fallback off; for CUDA, raises unless CUDA really is the session's first provider.
-    Prints nothing."""
-    options = session_options(settings)
+    fallback off, one of ``sessions`` side by side; for CUDA, raises unless CUDA really is
+    the session's first provider. Prints nothing."""
+    options = session_options(settings, sessions)
     providers: list = [(CUDA, cuda_provider_options(settings)), CPU] if provider == CUDA \
         else [CPU]
     source = model if isinstance(model, bytes) else str(model)
@@ -209,9 +212,12 @@ class OnnxModel:
     """One ORT session of one model version (one execution instance)."""
 
     def __init__(self, path: Path, metadata: RepositoryMetadata, settings: ServerSettings,
-                 *, max_batch_size: int) -> None:
+                 *, max_batch_size: int, sessions: int = 1) -> None:
+        """``sessions``: how many instances of this model run side by side (they share
+        the CPUs: server/runtime.py ``session_options``)."""
         self.path = Path(path)
         self.settings = settings
+        self.sessions = sessions
         self.state_names = tuple(metadata.state_names)
         self.state_out_names = tuple(f"{name}_out" for name in self.state_names)
         self.state_shape = metadata.state_shape
@@ -258,7 +264,7 @@ class OnnxModel:
         self.load_seconds = time.perf_counter() - started
 
     def _open(self, provider: str) -> None:
-        self.session = open_session(self.path, self.settings, provider)
+        self.session = open_session(self.path, self.settings, provider, self.sessions)
         self.provider = self.session.get_providers()[0]
         _check_signature(self.session, self.metadata, self.path)
         self._device = _DeviceBuffers(self) if self.provider == CUDA else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from .security import SecuritySettings
@@ -23,7 +23,7 @@ Device = Literal["auto", "cpu", "cuda"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 LogFormat = Literal["json", "kv"]
 ModelControl = Literal["none", "poll", "explicit"]
-Frontend = Literal["python", "native"]
+Frontend = Literal["auto", "python", "native"]
 
 
 class ServerSettings(SecuritySettings):
@@ -50,19 +50,19 @@ class ServerSettings(SecuritySettings):
                                   "the telemetry hooks no-ops (KServe statistics stay exact).")
     default_model: str | None = Field(None, description="Model an empty model name selects; "
                                       "default: the only model, if there is exactly one.")
-    workers: int | Literal["auto"] = Field(1, description="Front-end processes (gRPC, "
-                                           "validation, responses) sharing the port; auto = "
-                                           "the CPUs available (1 with frontend native, "
-                                           "whose threads use them). 1 = one process serves "
-                                           "everything; above 1 one engine process does the "
-                                           "batching, sequence state and ONNX Runtime for "
-                                           "all of them (docs/architecture.md).")
+    workers: int | Literal["auto"] = Field(1, description="Processes that carry gRPC "
+                                           "(front-ends) on the one port, and ORT sessions "
+                                           "per model unless instances or the model's "
+                                           "instance_group sets them; auto = the CPUs "
+                                           "available. 1 = one process serves everything "
+                                           "(docs/architecture.md §4).")
 
-    frontend: Frontend = Field("python", description="What carries gRPC on the public port: "
-                               "python (grpc.aio in the server process) or native (a C++ "
-                               "gRPC front-end the server starts and compiles on first use; "
-                               "1.35-1.75x the requests per core on the test machine; one "
-                               "process only; docs/architecture.md §5).")
+    frontend: Frontend = Field("auto", description="What carries gRPC on the public port: "
+                               "python (grpc.aio), native (a C++ gRPC front-end the server "
+                               "starts and compiles on first use; docs/architecture.md §5) "
+                               "or auto: python with one worker; with more, native where it "
+                               "can be built (the images ship it), else python (one log "
+                               "line says why).")
     native_cache: Path = Field(Path("~/.cache/rnnserve/native"), description="Where the "
                                "native front-end is compiled to and looked for (the images "
                                "ship it prebuilt in /opt/rnnserve/native).")
@@ -84,7 +84,8 @@ class ServerSettings(SecuritySettings):
     cuda_device_id: int = Field(0, ge=0, description="CUDA device ordinal.")
     intra_op_threads: int = Field(0, ge=0, description="ORT intra-op threads per session; "
                                   "0 = the CPUs this process may use (taskset/cpuset) minus "
-                                  "one for the event loop, at least 1.")
+                                  "one for the event loop, shared among the sessions "
+                                  "(instances), at least 1.")
     inter_op_threads: int = Field(1, ge=0, description="ORT inter-op threads per session.")
     graph_optimization: GraphOptimization = Field("all", description="ORT graph optimisation "
                                                   "level.")
@@ -97,7 +98,8 @@ class ServerSettings(SecuritySettings):
         "next_power_of_two", description="CUDA arena growth policy.")
     cuda_mem_limit_bytes: int = Field(0, ge=0, description="CUDA arena limit; 0 = unlimited.")
     instances: int | None = Field(None, ge=1, description="Sessions (execution instances) per "
-                                  "model version; default: config instance_group count, else 1.")
+                                  "model version; default: config instance_group count, else "
+                                  "workers.")
     warmup: bool = Field(True, description="Run every batch-size bucket once before ready.")
 
     # --- CUDA numerics and sequence-state placement (owner: server/runtime.py) ---------
@@ -175,15 +177,6 @@ class ServerSettings(SecuritySettings):
         if value != "auto" and int(value) < 1:
             raise ValueError("workers must be at least 1, or auto")
         return value
-
-    @model_validator(mode="after")
-    def _native_frontend(self) -> ServerSettings:
-        if self.frontend != "native":
-            return self
-        if self.workers not in (1, "auto"):
-            raise ValueError("frontend native runs one process (its C++ threads use the "
-                             "cores); it does not combine with workers above 1")
-        return self
 
     @field_validator("log_level")
     @classmethod

@@ -41,6 +41,28 @@ from typing import Any, Self
 import grpc
 
 TEST_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "metrics_port": -1}
+#: Channel arguments for a client that opens its own connection (not one shared in-process).
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def connections_held(pid: int, port: int) -> int:
+    """Established TCP connections to ``port`` whose socket process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
 
 
 class _LoopThread:
@@ -207,26 +229,9 @@ def start_server(repository: Path | str, *, subprocess: bool = False,
     ``env`` adds environment variables for the subprocess flavour.
     """
     values = {**TEST_DEFAULTS, **settings, "repository": str(repository)}
-    _skip_what_the_native_frontend_lacks(values, env or {})
     if subprocess:
         return _start_process(values, ready_timeout, env or {})
     return _start_in_process(values, ready_timeout, wait_ready)
-
-
-#: Settings the native front-end refuses (server/settings.py); with RNNSERVE_FRONTEND=native
-#: (the Makefile's test-native pass) a test that needs one of them skips.
-NATIVE_UNSUPPORTED = ("workers",)
-
-
-def _skip_what_the_native_frontend_lacks(values: dict[str, Any], env: dict[str, str]) -> None:
-    if os.environ.get("RNNSERVE_FRONTEND") != "native" or "frontend" in values:
-        return
-    needs = [key for key in NATIVE_UNSUPPORTED
-             if values.get(key) not in (None, 1) or f"RNNSERVE_{key.upper()}" in env]
-    if needs:
-        import pytest
-
-        pytest.skip(f"the native front-end has no {', '.join(needs)}")
 
 
 def _start_in_process(values: dict[str, Any], ready_timeout: float,

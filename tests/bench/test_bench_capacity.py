@@ -1,6 +1,6 @@
 """Smoke test of ``rnnserve bench --suite capacity`` (h2load, C client) on the tiny repository.
 
-It checks that the run completes for ``--workers`` 1 and 2 and the native front-end, that
+It checks that the run completes for ``--workers`` 1 and 2 with both front-ends, that
 every sampled answer had
 ``grpc-status: 0`` and the server counted no request other than OK, and that the numbers
 are sane; never wall-clock thresholds (CI shares two cores).
@@ -36,7 +36,7 @@ def test_capacity_suite_runs_clean(tiny_repository, tmp_path):
     limit = entry["raw_limit_one_core"]
     assert limit["best_batch"] in capacity.RAW_BATCHES and limit["sentences_per_s"] > 0
     assert [(server["frontend"], server["workers"]) for server in entry["servers"]] == [
-        ("python", 1), ("python", 2), ("native", 1)]
+        ("python", 1), ("python", 2), ("native", 1), ("native", 2)]
     for server in entry["servers"]:
         assert server["grpc_status_sample"] == ["0"] * len(server["grpc_status_sample"])
         assert server["non_ok"] == 0
@@ -45,4 +45,4 @@ def test_capacity_suite_runs_clean(tiny_repository, tmp_path):
             assert math.isfinite(run["req_s"]) and run["req_s"] > 0
             assert run["server_cpu_us_per_request"] > 0
     table = capacity.report(results)
-    assert "| unpinned | python | 2 |" in table and "| unpinned | native | 1 |" in table
+    assert "| unpinned | python | 2 |" in table and "| unpinned | native | 2 |" in table

@@ -126,6 +126,11 @@ def test_image_runs_as_the_manifest_says(podman, served):
     assert ids == "10001"
     denied = podman.run("exec", container.name, "touch", "/opt/venv/x", check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+    # The manifest's two workers are two of the image's prebuilt C++ front-ends (the
+    # default --frontend auto), and the model has two ORT sessions.
+    log = container.logs()
+    assert '"frontend": "native"' in log and log.count('"event": "native_frontend_started"') == 2
+    assert '"instances": 2' in log, log
 
 
 def test_text_api_from_the_host(served, offline):

@@ -24,14 +24,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offline import Offline, random_text
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
-from serving import start_server
+from serving import OWN_CONNECTION, start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 MODEL = "live"
 STREAM = f"{MODEL}-stream"
 ATOL = 1e-4
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 #: Generous bound for "eventually" (a poll interval, a load with warm-up); never a timing
 #: assertion: the tests only fail when the state is never reached.
 EVENTUALLY = 90.0
@@ -380,7 +379,8 @@ def test_workers_explicit_swap_under_load(tmp_path, sources, reference):
     matches its version, a sequence opened before the load continues on version 1 through
     any connection, and every front-end's index shows the new state."""
     repo = _repository(tmp_path, sources)
-    with start_server(repo, subprocess=True, workers=2, model_control="explicit",
+    with start_server(repo, subprocess=True, workers=2, frontend="python",
+                      model_control="explicit",
                       max_queue_delay_us=0) as server:
         clients = [triton.InferenceServerClient(server.address, channel_args=OWN_CONNECTION)
                    for _ in range(4)]

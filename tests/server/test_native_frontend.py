@@ -24,7 +24,7 @@ from offline import GRU, LSTM
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from sequence_support import step
-from serving import start_server
+from serving import OWN_CONNECTION, connections_held, start_server
 
 TOLERANCE = 1e-5
 
@@ -167,13 +167,92 @@ def _text(text: str) -> triton.InferInput:
     return tensor
 
 
-def test_native_settings_refuse_what_the_frontend_cannot_do():
-    from pydantic import ValidationError
-    from rnnserve.server.settings import ServerSettings
+def test_auto_is_python_for_one_worker_and_native_for_more(native_frontend_binary):
+    from rnnserve.server.native_frontend import choose_frontend
 
-    with pytest.raises(ValidationError, match="does not combine with workers above 1"):
-        ServerSettings(frontend="native", workers=2)
-    assert ServerSettings(frontend="native", workers="auto").workers == "auto"   # means 1
+    cache = native_frontend_binary.parent
+    assert choose_frontend("auto", 1, cache) == ("python", None)
+    assert choose_frontend("auto", 2, cache) == ("native", None)
+    assert choose_frontend("python", 2, cache) == ("python", None)
+    assert choose_frontend("native", 1, cache) == ("native", None)
+
+
+def test_auto_without_a_compiler_serves_on_python_front_end_processes(tiny_repository,
+                                                                      tmp_path):
+    """``--workers 2`` where the native front-end cannot be built: a warning that says why,
+    then the Python front-end processes serve."""
+    env = {"PATH": str(tmp_path / "empty"), "RNNSERVE_NATIVE_CACHE": str(tmp_path / "cache"),
+           "RNNSERVE_FRONTEND": "auto"}
+    with start_server(tiny_repository, subprocess=True, workers=2, env=env) as server:
+        unavailable = server.find_event("native_frontend_unavailable")
+        assert unavailable is not None and unavailable["frontend"] == "python"
+        assert "libgrpc++-dev" in unavailable["reason"], unavailable
+        assert len(server.find_event("ready")["worker_pids"]) == 2
+        assert _frontend_pids(server.process.pid) == []
+        with server.channel() as channel:
+            answer = sentiment_pb2_grpc.SentimentStub(channel).Classify(
+                pb.ClassifyRequest(texts=["a great film"], model=LSTM), timeout=30)
+        assert answer.model == LSTM
+        assert server.stop() == 0
+
+
+def test_workers_2_runs_two_front_ends_on_one_port_and_a_killed_one_costs_only_its_calls(
+        tiny_repository, native_frontend_binary, offline):
+    with start_server(tiny_repository, subprocess=True, frontend="native",
+                      workers=2) as server:
+        frontends = sorted(_frontend_pids(server.process.pid))
+        assert len(frontends) == 2
+        # Two ORT sessions per model: one per worker (no instance_group in the config).
+        assert server.find_event("model_loaded")["instances"] == 2
+        clients = 8
+        channels = [server.channel(OWN_CONNECTION) for _ in range(clients)]
+        request = pb.ClassifyRequest(texts=["a great film"], model=LSTM)
+        for channel in channels:
+            answer = sentiment_pb2_grpc.SentimentStub(channel).Classify(request, timeout=30)
+            np.testing.assert_allclose(answer.predictions[0].logits,
+                                       offline[LSTM].logits("a great film"),
+                                       atol=TOLERANCE, rtol=0)
+        held = {pid: connections_held(pid, server.port) for pid in frontends}
+        assert sum(held.values()) == clients and all(held.values()), held
+
+        outcomes: dict[int, list[str]] = {index: [] for index in range(clients)}
+        stop = threading.Event()
+
+        def load(index: int) -> None:
+            stub = sentiment_pb2_grpc.SentimentStub(channels[index])
+            while not stop.is_set():
+                try:
+                    stub.Classify(request, timeout=5)
+                    outcomes[index].append("ok")
+                except grpc.RpcError as exc:
+                    outcomes[index].append(exc.code().name)
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        victim, survivor = frontends
+        cut_off = held[victim]               # clients whose connection the victim holds
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=10)
+        failed = [o for results in outcomes.values() for o in results if o != "ok"]
+        # Only calls in flight on the killed front-end's connections: one per such client.
+        assert set(failed) <= {"UNAVAILABLE"} and len(failed) <= cut_off, (failed, held)
+        assert survivor in _frontend_pids(server.process.pid)
+        assert len(_frontend_pids(server.process.pid)) == 2         # the victim's successor
+        assert server.find_event("native_frontend_exited")["pid"] == victim
+        total = sum(len(results) for results in outcomes.values())
+        figures.report(f"--workers 2 with the native front-end, one of two front-ends "
+                       f"SIGKILLed under load: {total} requests, {len(failed)} failed "
+                       f"(its connections: {cut_off} of {clients} clients)")
+        for channel in channels:
+            channel.close()
+        assert server.stop() == 0
+        assert not any(_alive(pid) for pid in _frontend_pids(server.process.pid))
 
 
 def test_a_killed_frontend_is_restarted_and_serving_within_two_seconds(tiny_repository,

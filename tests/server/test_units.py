@@ -132,6 +132,24 @@ def test_options_settings_override_config():
     assert warmup_batch_sizes(6) == [1, 2, 4, 6]
 
 
+def test_sessions_follow_workers_and_share_the_cpus(monkeypatch):
+    """Without instances or an instance_group, a model gets one ORT session per worker;
+    the default intra-op threads are the CPUs but one, divided among the sessions."""
+    from rnnserve.server import runtime
+
+    config = model_config_pb2.ModelConfig(max_batch_size=8)
+    assert EngineOptions.resolve(config, ServerSettings(workers=3)).instances == 3
+    assert EngineOptions.resolve(config, ServerSettings(workers=3, instances=1)).instances == 1
+    config.instance_group.add(count=2)
+    assert EngineOptions.resolve(config, ServerSettings(workers=3)).instances == 2
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 9)
+    threads = [runtime.session_options(ServerSettings(), sessions).intra_op_num_threads
+               for sessions in (1, 4, 16)]
+    assert threads == [8, 2, 1]
+    assert runtime.session_options(ServerSettings(intra_op_threads=3), 4).intra_op_num_threads \
+        == 3
+
+
 def test_version_policy():
     config = model_config_pb2.ModelConfig()
     assert served_versions(config, ["1", "2", "10"]) == ["10"]

@@ -27,7 +27,7 @@ from offline import GRU, LSTM, random_text
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from sequence_support import step
-from serving import start_server
+from serving import OWN_CONNECTION, connections_held, start_server
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,38 +35,17 @@ PERF_ANALYZER = ROOT / ".cache" / "tools" / "perf_analyzer" / "bin" / "perf_anal
 QUOTA = 4
 #: gRPC clients of one process share connections unless told otherwise: every channel and
 #: client here opens its own, so the kernel spreads them over the front-ends.
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @pytest.fixture(scope="module")
 def workers_server(tiny_repository):
-    with start_server(tiny_repository, subprocess=True, workers=2, metrics_port=0,
-                      max_sequences_per_client=QUOTA) as server:
+    with start_server(tiny_repository, subprocess=True, workers=2, frontend="python",
+                      metrics_port=0, max_sequences_per_client=QUOTA) as server:
         yield server
 
 
 def _worker_pids(server) -> list[int]:
     return server.find_event("ready")["worker_pids"]
-
-
-def _connections(pid: int, port: int) -> int:
-    """Established TCP connections to ``port`` whose socket process ``pid`` holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01" and fields[9] in inodes:
-                count += 1
-    return count
 
 
 def _client(server) -> triton.InferenceServerClient:
@@ -83,7 +62,7 @@ def test_every_worker_serves_and_answers_equal_offline(workers_server, offline):
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=10)
-        held = {pid: _connections(pid, workers_server.port) for pid in _worker_pids(workers_server)}
+        held = {pid: connections_held(pid, workers_server.port) for pid in _worker_pids(workers_server)}
         assert len(held) == 2 and all(held.values()), f"connections per worker: {held}"
         for index, channel in enumerate(channels):
             model = LSTM if index % 2 else GRU
@@ -216,7 +195,7 @@ def _health(address: str) -> int | None:
 
 
 def test_killed_worker_is_restarted_and_others_keep_serving(tiny_repository):
-    with start_server(tiny_repository, subprocess=True, workers=2) as server:
+    with start_server(tiny_repository, subprocess=True, workers=2, frontend="python") as server:
         victim, survivor = _worker_pids(server)
         outcomes: list[str] = []
         stop = threading.Event()
@@ -273,7 +252,7 @@ def test_killed_worker_is_restarted_and_others_keep_serving(tiny_repository):
 def test_sigterm_drains_every_worker_with_stream_trailers(tiny_repository, offline):
     chunks = ["the first half drags", "but the ending is wonderful", "great music"]
     expected = offline[LSTM].stream(chunks)
-    with start_server(tiny_repository, subprocess=True, workers=2,
+    with start_server(tiny_repository, subprocess=True, workers=2, frontend="python",
                       drain_delay_seconds=0.5) as server, \
             start_server(tiny_repository) as other:
         pids = _worker_pids(server)
@@ -346,7 +325,8 @@ def test_health_is_not_serving_before_the_engine_is_warm(tiny_repository):
     port = free_port()
     env = {**os.environ, "RNNSERVE_REPOSITORY": str(tiny_repository), "RNNSERVE_PORT": str(port),
            "RNNSERVE_HOST": "127.0.0.1", "RNNSERVE_METRICS_PORT": "-1",
-           "RNNSERVE_WORKERS": "2", "RNNSERVE_LOG_FORMAT": "json"}
+           "RNNSERVE_WORKERS": "2", "RNNSERVE_FRONTEND": "python",
+           "RNNSERVE_LOG_FORMAT": "json"}
     process = subprocess.Popen([sys.executable, "-m", "rnnserve.server"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
@@ -376,7 +356,7 @@ def test_health_is_not_serving_before_the_engine_is_warm(tiny_repository):
 
 
 def test_front_ends_exit_when_the_engine_process_is_killed(tiny_repository):
-    server = start_server(tiny_repository, subprocess=True, workers=2)
+    server = start_server(tiny_repository, subprocess=True, workers=2, frontend="python")
     pids = _worker_pids(server)
     server.process.kill()
     server.wait(30)
