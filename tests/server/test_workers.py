@@ -1,8 +1,12 @@
-"""``--workers 2``: two front-end processes and one engine process look like one server.
+"""``--workers 2``: two front-end processes and one engine look like one server.
 
-A real ``python -m rnnserve.server --workers 2`` on the tiny repository; every client opens
-its own connections, so requests land on both front-ends (checked through /proc: which
-process holds which connection), and every answer is compared with the offline reference.
+A real ``python -m rnnserve.server --workers 2`` on the tiny repository, with each front-end
+(``workers_server`` runs its tests for both: Python front-end processes beside an engine
+process, and the default where it builds, two C++ front-ends beside the server process);
+every client opens its own connections, so requests land on both front-ends (checked
+through /proc: which process holds which connection), and every answer is compared with
+the offline reference. The Python shape's own life cycle (restarts, drain, health, orphans)
+is tested below; the C++ one's in test_native_frontend.py.
 """
 
 from __future__ import annotations
@@ -37,14 +41,23 @@ QUOTA = 4
 #: client here opens its own, so the kernel spreads them over the front-ends.
 
 
-@pytest.fixture(scope="module")
-def workers_server(tiny_repository):
-    with start_server(tiny_repository, subprocess=True, workers=2, frontend="python",
+@pytest.fixture(scope="module", params=["python", "native"])
+def workers_server(request, tiny_repository):
+    if request.param == "native":
+        request.getfixturevalue("native_frontend_binary")     # skips where it cannot build
+    with start_server(tiny_repository, subprocess=True, workers=2, frontend=request.param,
                       metrics_port=0, max_sequences_per_client=QUOTA) as server:
+        server.frontend = request.param
         yield server
 
 
 def _worker_pids(server) -> list[int]:
+    """The front-end processes' pids (the Python engine's ready event lists its own)."""
+    if getattr(server, "frontend", "python") == "native":
+        out = subprocess.run(["pgrep", "-P", str(server.process.pid), "-f",
+                              "rnnserve-frontend"], capture_output=True, text=True,
+                             check=False).stdout
+        return [int(pid) for pid in out.split()]
     return server.find_event("ready")["worker_pids"]
 
 
@@ -62,7 +75,8 @@ def test_every_worker_serves_and_answers_equal_offline(workers_server, offline):
     try:
         for channel in channels:
             grpc.channel_ready_future(channel).result(timeout=10)
-        held = {pid: connections_held(pid, workers_server.port) for pid in _worker_pids(workers_server)}
+        held = {pid: connections_held(pid, workers_server.port)
+                for pid in _worker_pids(workers_server)}
         assert len(held) == 2 and all(held.values()), f"connections per worker: {held}"
         for index, channel in enumerate(channels):
             model = LSTM if index % 2 else GRU
