@@ -93,6 +93,7 @@ def binary(cache: Path = DEFAULT_CACHE, source: Path = SOURCE) -> Path:
     if flags.returncode != 0:
         raise BuildError(f"pkg-config knows no grpc++ ({flags.stderr.strip()}): {BUILD_HELP}")
     cache.mkdir(parents=True, exist_ok=True)
+    log_event(log, "native_frontend_compiling", source=source.name, target=str(target))
     partial = target.with_suffix(f".{os.getpid()}.tmp")
     built = subprocess.run([compiler, *COMPILER_FLAGS, str(source), "-o", str(partial),
                             *flags.stdout.split()], check=False, capture_output=True, text=True)
