@@ -345,8 +345,7 @@ def serve(settings: ServerSettings) -> int:
     configure_logging(settings.log_format, settings.log_level)
     use_uvloop()
     workers = resolve_workers(settings.workers)
-    frontend, why_not = choose_frontend(settings.frontend, workers,
-                                        settings.native_cache.expanduser())
+    frontend, why_not = choose_frontend(settings.frontend, workers, settings.native_cache)
     if why_not is not None:
         log_event(log, "native_frontend_unavailable", level=logging.WARNING,
                   frontend=frontend, workers=workers, reason=why_not)

@@ -420,8 +420,3 @@ class NativeFrontend:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-
-    @property
-    def pids(self) -> list[int]:
-        """The front-end processes' ids (one per ``processes``, once started)."""
-        return [process.pid for process in self._processes if process is not None]
