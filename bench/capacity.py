@@ -15,7 +15,9 @@ For every placement and every server setup (each ``--frontend`` at each ``--work
   batches of 1..128 on one core (best batch reported), i.e. what one core can do at best;
 - rnnserve (``--intra-op-threads 1``): h2load at each concurrency on the text API's
   ``Classify`` with one sentence per request; req/s, and the server's CPU time per request
-  (every process of the server, from /proc);
+  (every process of the server, from /proc). With ``--chunks K`` each request is instead a
+  ``StreamClassify`` stream of K chunks (the sentence each time, sent at once, the last
+  with ``end``): a stateful sequence per request, reported in chunks/s and CPU per chunk;
 - before measuring, a sample of answers is checked for ``grpc-status: 0`` with ``nghttp``
   (h2load counts HTTP statuses only, and gRPC errors travel in HTTP 200 trailers), and
   after the runs the server's own ``rnnserve_requests_total`` says how many requests
@@ -49,6 +51,7 @@ from rnnserve import repository as repo_contract
 SENTENCE = ("a gripping , funny and moving film that rewards patience with a wonderful "
             "ending and fine performances .")
 CLASSIFY_PATH = "/rnnserve.v1.Sentiment/Classify"
+STREAM_PATH = "/rnnserve.v1.Sentiment/StreamClassify"
 RAW_BATCHES = (1, 8, 16, 32, 64, 128)
 
 
@@ -72,6 +75,16 @@ def classify_request(model: str, sentence: str) -> bytes:
     from rnnserve.protos import sentiment_pb2 as pb
 
     return grpc_frame(pb.ClassifyRequest(texts=[sentence], model=model).SerializeToString())
+
+
+def stream_request(model: str, sentence: str, chunks: int) -> bytes:
+    """A whole ``StreamClassify`` request stream: ``chunks`` messages of ``sentence``, the
+    first naming the model, the last ending the sequence."""
+    from rnnserve.protos import sentiment_pb2 as pb
+
+    return b"".join(grpc_frame(pb.StreamClassifyRequest(
+        text=sentence, model=model if i == 0 else "", end=i == chunks - 1).SerializeToString())
+        for i in range(chunks))
 
 
 def raw_limit(repository: Path, model: str, sentence: str, seconds: float = 1.5) -> dict:
@@ -134,13 +147,14 @@ def h2load(port: int, data: Path, *, requests: int, concurrency: int,
             "streams": streams}
 
 
-def grpc_status_sample(port: int, data: Path, samples: int = 5) -> list[str]:
+def grpc_status_sample(port: int, data: Path, samples: int = 5,
+                       path: str = CLASSIFY_PATH) -> list[str]:
     """``grpc-status`` of a few answers to the same pre-framed request (nghttp -v)."""
     statuses = []
     for _ in range(samples):
         output = subprocess.run(
             ["nghttp", "-v", "-d", str(data), "-H", "content-type: application/grpc",
-             "-H", "te: trailers", f"http://127.0.0.1:{port}{CLASSIFY_PATH}"],
+             "-H", "te: trailers", f"http://127.0.0.1:{port}{path}"],
             capture_output=True, timeout=30, check=False).stdout.decode("latin-1")
         found = re.search(r"grpc-status: (\d+)", output)
         statuses.append(found.group(1) if found else "missing")
@@ -175,7 +189,8 @@ def non_ok_requests(metrics_port: int) -> int:
 def measure_server(repository: Path, model: str, data: Path, *, workers: int,
                    concurrencies: list[int], requests: int, server_cpus: str | None,
                    client_cpus: str | None, out: Path, device: str = "cpu",
-                   frontend: str = "python", instances: int | None = None) -> dict:
+                   frontend: str = "python", instances: int | None = None,
+                   path: str = CLASSIFY_PATH) -> dict:
     port, metrics_port = free_port(), free_port()
     name = f"rnnserve-{frontend}-w{workers}"
     server = ServerProcess(name, server_argv(repository, port, metrics_port, workers, device,
@@ -184,15 +199,15 @@ def measure_server(repository: Path, model: str, data: Path, *, workers: int,
     rows = []
     with server.start([model]):
         time.sleep(1.0)
-        statuses = grpc_status_sample(port, data)
+        statuses = grpc_status_sample(port, data, path=path)
         if any(status != "0" for status in statuses):
             raise RuntimeError(f"the benchmark request is not answered OK: {statuses}")
         h2load(port, data, requests=max(1000, requests // 10), concurrency=max(concurrencies),
-               cpus=client_cpus)                                   # warm-up
+               cpus=client_cpus, path=path)                        # warm-up
         for concurrency in concurrencies:
             cpu_before = group_cpu_seconds(server.pid)
             row = h2load(port, data, requests=requests, concurrency=concurrency,
-                         cpus=client_cpus)
+                         cpus=client_cpus, path=path)
             cpu = group_cpu_seconds(server.pid) - cpu_before
             row.update(concurrency=concurrency, server_cpu_us_per_request=1e6 * cpu / row["done"])
             rows.append(row)
@@ -215,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int,
                         default=int(os.environ.get("RNNSERVE_CAPACITY_REQUESTS", "30000")))
     parser.add_argument("--sentence", default=SENTENCE)
+    parser.add_argument("--chunks", type=int, default=0,
+                        help="measure StreamClassify: each request a stream of this many "
+                             "chunks (default 0: unary Classify)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/capacity"))
     parser.add_argument("--device", default="cpu", help="the server's --device (cpu, cuda)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw req/s vs workers")
@@ -225,11 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ensure_tools(args.install)
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "classify.bin"
-    data.write_bytes(classify_request(args.model, args.sentence))
+    if args.chunks > 0:
+        data, path = args.out / "stream.bin", STREAM_PATH
+        data.write_bytes(stream_request(args.model, args.sentence, args.chunks))
+    else:
+        data, path = args.out / "classify.bin", CLASSIFY_PATH
+        data.write_bytes(classify_request(args.model, args.sentence))
     cores = len(os.sched_getaffinity(0))
     results = {"model": args.model, "sentence": args.sentence, "cores": cores,
-               "instances": args.instances, "placements": {}}
+               "instances": args.instances, "chunks": args.chunks, "placements": {}}
     for placement in args.placement.split(","):
         client_cpus = "0" if placement == "pinned" else None
         server_cpus = (f"1-{cores - 1}" if cores > 2 else "1") if placement == "pinned" else None
@@ -242,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                     concurrencies=[int(c) for c in args.concurrency.split(",")],
                     requests=args.requests, server_cpus=server_cpus, client_cpus=client_cpus,
                     out=args.out, device=args.device, frontend=frontend,
-                    instances=args.instances)
+                    instances=args.instances, path=path)
                 entry["servers"].append({**server, "round": round_})
                 print(json.dumps(entry["servers"][-1]), flush=True)
         results["placements"][placement] = entry
@@ -262,6 +284,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (rate, cost) = plt.subplots(1, 2, figsize=(10, 4))
+    per, unit = _unit(results)
     for placement, entry in results["placements"].items():
         concurrencies = sorted({run["concurrency"] for s in entry["servers"] for run in s["runs"]})
         frontends = list(dict.fromkeys(s.get("frontend", "python") for s in entry["servers"]))
@@ -275,15 +298,16 @@ def plot(results: dict, path: Path) -> None:
                 workers = sorted(by_workers)
                 label = f"{placement}, {frontend}, c={concurrency}"
                 style = "o-" if frontend == "python" else "s--"
-                rate.plot(workers, [np.mean([r["req_s"] for r in by_workers[w]])
+                rate.plot(workers, [np.mean([r["req_s"] * per for r in by_workers[w]])
                                     for w in workers], style, label=label)
-                cost.plot(workers, [np.mean([r["server_cpu_us_per_request"]
+                cost.plot(workers, [np.mean([r["server_cpu_us_per_request"] / per
                                              for r in by_workers[w]]) for w in workers],
                           style, label=label)
         rate.axhline(entry["raw_limit_one_core"]["sentences_per_s"], linestyle=":",
                      color="grey", label=f"raw tokenize+ORT, 1 core ({placement})")
-    rate.set(xlabel="--workers", ylabel="requests/s (h2load)", title="Classify capacity")
-    cost.set(xlabel="--workers", ylabel="server CPU µs / request", title="Cost per request")
+    rate.set(xlabel="--workers", ylabel=f"{unit}s/s (h2load)",
+             title="StreamClassify capacity" if results.get("chunks") else "Classify capacity")
+    cost.set(xlabel="--workers", ylabel=f"server CPU µs / {unit}", title=f"Cost per {unit}")
     workers = sorted({s["workers"] for e in results["placements"].values() for s in e["servers"]})
     for axis in (rate, cost):
         axis.set_xticks(workers)
@@ -301,10 +325,17 @@ def _raw_limit_subprocess(args, cpus: str | None) -> dict:
         return json.loads(Path(handle.name).read_text())
 
 
+def _unit(results: dict) -> tuple[int, str]:
+    """Sentences per h2load request and what one is called: a request, or a stream chunk."""
+    chunks = results.get("chunks") or 0
+    return (chunks, "chunk") if chunks else (1, "request")
+
+
 def report(results: dict) -> str:
-    """Markdown table of a capacity run."""
-    header = ("| placement | front-end | workers | concurrency | req/s | × first setup "
-              "| of raw limit (1 core) | server CPU µs/request |")
+    """Markdown table of a capacity run (per chunk with ``--chunks``)."""
+    per, unit = _unit(results)
+    header = (f"| placement | front-end | workers | concurrency | {unit}s/s | × first setup "
+              f"| of raw limit (1 core) | server CPU µs/{unit} |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for placement, entry in results["placements"].items():
         limit = entry["raw_limit_one_core"]["sentences_per_s"]
@@ -314,12 +345,13 @@ def report(results: dict) -> str:
             where = placement if rounds == 1 else f"{placement}, round {server['round']}"
             for run in server["runs"]:
                 key = (server.get("round", 1), run["concurrency"])    # within one round
-                base.setdefault(key, run["req_s"])
+                rate = run["req_s"] * per
+                base.setdefault(key, rate)
                 lines.append(
                     f"| {where} | {server.get('frontend', 'python')} | {server['workers']} | "
                     f"{run['concurrency']} | "
-                    f"{run['req_s']:,.0f} | {run['req_s'] / base[key]:.2f} | "
-                    f"{run['req_s'] / limit:.2f} | {run['server_cpu_us_per_request']:.0f} |")
+                    f"{rate:,.0f} | {rate / base[key]:.2f} | {rate / limit:.2f} | "
+                    f"{run['server_cpu_us_per_request'] / per:.0f} |")
         lines.append(f"| {placement} | raw limit | | best batch "
                      f"{entry['raw_limit_one_core']['best_batch']} | {limit:,.0f} | | 1.00 | |")
     return "\n".join(lines)

@@ -71,8 +71,12 @@ def bench_command(
     ] = "1,2",
     frontend: Annotated[
         str, typer.Option(help="capacity suite: the rnnserve serve --frontend values to "
-                          "measure, comma-separated (python, native; native runs --workers 1).")
+                          "measure, comma-separated (python, native, auto).")
     ] = "python",
+    chunks: Annotated[
+        int, typer.Option(help="capacity suite: measure StreamClassify, each request a "
+                          "stream of this many chunks (0: unary Classify).")
+    ] = 0,
 ) -> None:
     """Benchmark the server against the raw ONNX Runtime limit (and, in full, peer servers).
 
@@ -85,7 +89,8 @@ def bench_command(
         if len(models) != 1:
             raise typer.BadParameter("the capacity suite measures one --model")
         argv = ["--repository", str(repository), "--model", models[0], "--workers", workers,
-                "--frontend", frontend, "--out", str(out), "--install"]
+                "--frontend", frontend, "--out", str(out), "--chunks", str(chunks),
+                "--install"]
         if placement is not None and placement is not Placement.both:
             argv += ["--placement", placement.value]
         raise typer.Exit(capacity.main(argv))

@@ -154,10 +154,10 @@ class RnnServer:
         address = f"{settings.host}:{settings.port}"
         credentials = security.server_credentials(settings)
         if native:
-            from .native_frontend import NativeFrontend, unary_handlers
+            from .native_frontend import NativeFrontend, routed_handlers
 
             self.native = NativeFrontend(
-                unary_handlers(api.handlers, (TEXT_DESCRIPTOR, kserve.SERVICE_DESCRIPTOR)),
+                routed_handlers(api.handlers, (TEXT_DESCRIPTOR, kserve.SERVICE_DESCRIPTOR)),
                 listen=address, options=public, grace=settings.grace_seconds,
                 interceptors=interceptors,
                 tls=None if credentials is None else {"cert": settings.tls_cert,

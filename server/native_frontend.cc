@@ -6,27 +6,41 @@
 // process that started it, which answers exactly as it does without this front-end.
 //
 // Two routes, chosen by the method's path:
-// - calls:  the unary methods named with --unary (the inference hot path). Request bytes
-//   travel over one Unix stream socket (--calls) in frames; the Python side runs the same
-//   servicer method and sends back the status and the response bytes.
-// - proxy:  every other method (streams, health, reflection, ...) is forwarded unchanged
+// - calls:  the unary methods named with --unary (the inference hot path) and the
+//   bidirectional ones named with --stream. Messages travel over one Unix stream socket
+//   (--calls) in frames; the Python side runs the same servicer method and sends back the
+//   responses and the status (and, for a stream, its trailing metadata).
+// - proxy:  every other method (health, reflection, ...) is forwarded unchanged
 //   to the Python grpc.aio server listening on a private Unix socket (--backend): the same
 //   messages in order, the caller's metadata and deadline, the backend's initial and
 //   trailing metadata and status, cancellation in both directions.
 // The caller's peer address travels with each call (a frame field, or the metadata key
 // `rnnserve-peer`, which a caller can never set: it is replaced on every proxied call);
-// so does its `authorization` metadata, for the server's bearer-token check. A unary
-// method on the calls route sees no other metadata.
+// so does its `authorization` metadata, for the server's bearer-token check. A method on
+// the calls route sees no other metadata.
 //
-// Frames on --calls, little-endian:
-//   to Python:   u32 size | u8 kind (1 call, 2 cancel) | u64 id | u16 method | u16 peer size |
-//                u16 authorization size | peer | authorization | request bytes
-//   from Python: u32 size | u64 id | u8 status code | u32 message size | message | response
+// Frames on --calls, little-endian (one method numbering for --unary and --stream, in
+// flag order):
+//   to Python:   u32 size | u8 kind | u64 id | u16 method | u16 peer size |
+//                u16 authorization size | peer | authorization | body
+//                kind 1 call (body: the request), 2 cancel, 3 stream opened, 4 stream
+//                message (body: the message), 5 stream half-closed by the caller,
+//                6 stream responses written (how many: the method field)
+//   from Python: u32 size | u64 id | u8 code | u32 message size | message | body
+//                code 0-16: the status (unary body: the response; stream body: trailing
+//                metadata as u16 key size | key | u32 value size | value, repeated);
+//                128: a stream response (body); 129: read the stream's next message
 //
 // Invariants:
 // - Every call is finished exactly once: by its reply, by its cancellation, or with
 //   UNAVAILABLE when the Python process goes away (this process then exits 1).
 // - A pending call is owned by the `pending` map: whoever removes it finishes it.
+// - A stream has at most one read in flight and reads only when Python asks (so HTTP/2
+//   flow control pushes back on a caller that sends faster than the server answers);
+//   its responses are written in order, one at a time, and its status only after the last.
+// - Python holds at most --stream-window responses of a stream unwritten. Writes are
+//   acknowledged only when Python may be waiting (that many unacknowledged), so a stream
+//   whose caller keeps up costs no acknowledgement frames.
 // - SIGTERM/SIGINT (sent once the Python server has ended its streams): stop accepting
 //   calls, let those in flight finish, exit 0 once all are done or --grace seconds have
 //   passed.
@@ -52,8 +66,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -95,7 +111,30 @@ T Get(const char* p) {
   return value;
 }
 
+// Frame kinds to Python, and the codes Python uses for a stream's responses and reads.
+enum : uint8_t { kCall = 1, kCancel = 2, kOpen = 3, kMessage = 4, kHalfClose = 5, kWrote = 6 };
+enum : uint8_t { kResponse = 128, kRead = 129 };
+
+std::string Frame(uint8_t kind, uint64_t id, uint16_t method = 0, const std::string& peer = "",
+                  const std::string& authorization = "", const char* body = nullptr,
+                  size_t body_size = 0) {
+  std::string frame;
+  size_t size = 15 + peer.size() + authorization.size() + body_size;
+  frame.reserve(4 + size);
+  Put<uint32_t>(&frame, static_cast<uint32_t>(size));
+  Put<uint8_t>(&frame, kind);
+  Put<uint64_t>(&frame, id);
+  Put<uint16_t>(&frame, method);
+  Put<uint16_t>(&frame, static_cast<uint16_t>(peer.size()));
+  Put<uint16_t>(&frame, static_cast<uint16_t>(authorization.size()));
+  frame.append(peer);
+  frame.append(authorization);
+  if (body_size > 0) frame.append(body, body_size);
+  return frame;
+}
+
 class UnaryCall;
+class StreamCall;
 
 // The --calls socket: frames are written by the threads that make them; one reader thread
 // takes the replies.
@@ -113,6 +152,19 @@ class CallsLink {
               const std::string& authorization, const std::string& body);
   // Removes `id` if still pending (then the caller finishes it) and tells Python to cancel.
   bool Cancel(uint64_t id);
+  // Registers a stream: its id, or 0 when Python is gone. Then Opened tells Python.
+  uint64_t Register(std::shared_ptr<StreamCall> stream);
+  void Opened(uint64_t id, uint16_t method, const std::string& peer,
+              const std::string& authorization);
+  // Unregisters a stream (its OnDone): later frames for it are dropped.
+  void Forget(uint64_t id) {
+    std::lock_guard<std::mutex> lock(calls_mu_);
+    streams_.erase(id);
+  }
+  // A stream event for Python (kMessage, kHalfClose, kWrote with a count, kCancel).
+  void Notify(uint8_t kind, uint64_t id, uint16_t count = 0, const std::string& body = "") {
+    Send(Frame(kind, id, count, "", "", body.data(), body.size()));
+  }
 
  private:
   // Writes one frame from the calling thread. A thread per write costs a wake-up per call
@@ -139,6 +191,7 @@ class CallsLink {
   std::mutex out_mu_;                  // one frame at a time on the socket
   std::mutex calls_mu_;
   std::unordered_map<uint64_t, UnaryCall*> pending_;
+  std::unordered_map<uint64_t, std::shared_ptr<StreamCall>> streams_;
   uint64_t next_id_ = 1;
   bool closed_ = false;
   std::thread reader_;
@@ -189,6 +242,161 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
   ByteBuffer request_, response_;
 };
 
+// One bidirectional call on the calls route. Python drives it: it asks for each message
+// (kRead), sends the responses (kResponse) and finally the status with trailing metadata.
+// Reads and writes may be started with `mu_` held (grpc never runs their reactions inline,
+// as ProxyCall relies on too); Finish is called from the reader thread with `mu_` released,
+// since OnDone may run inside it.
+// Lifetime: shared by the link's `streams_` map (for the reader thread) and by itself
+// (`self_`, for grpc) until OnDone.
+class StreamCall : public grpc::ServerGenericBidiReactor {
+ public:
+  static void Start(CallsLink* link, grpc::GenericCallbackServerContext* context,
+                    uint16_t method, const std::string& authorization, uint64_t window,
+                    grpc::ServerGenericBidiReactor** reactor) {
+    auto stream = std::shared_ptr<StreamCall>(new StreamCall(link, context, window));
+    stream->self_ = stream;
+    *reactor = stream.get();
+    uint64_t id = link->Register(stream);
+    if (id == 0) {
+      stream->finished_ = true;
+      stream->Finish(Status(StatusCode::UNAVAILABLE, "the server is restarting; retry"));
+      return;
+    }
+    stream->id_ = id;                      // before Python hears of it: no reaction yet
+    link->Opened(id, method, context->peer(), authorization);
+  }
+
+  // -- from Python (the link's reader thread) --
+  void Read() {
+    std::lock_guard<std::mutex> lock(mu_);   // a read's reaction is never run inline
+    if (read_closed_ || finish_wanted_ || finished_) return;
+    StartRead(&request_);
+  }
+
+  void Write(const char* body, size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_wanted_) return;
+      if (write_failed_) {                 // the caller is gone: let Python move on
+        link_->Notify(kWrote, id_, 1);
+        return;
+      }
+      ++received_;
+      if (writing_) {
+        queue_.emplace_back(body, size);
+        return;
+      }
+      writing_ = true;
+      SetResponse(body, size);
+    }
+    StartWrite(&response_);
+  }
+
+  void End(Status status, std::vector<std::pair<std::string, std::string>> trailers) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_wanted_) return;
+      for (auto& [key, value] : trailers) context_->AddTrailingMetadata(key, value);
+      status_ = status;
+      finish_wanted_ = true;
+      if (writing_) return;                // OnWriteDone finishes after the last write
+      finished_ = true;
+    }
+    Finish(std::move(status));
+  }
+
+  // -- grpc's reactions --
+  void OnReadDone(bool ok) override {
+    std::string message;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!ok) read_closed_ = true;
+      else message = Flatten(request_);
+    }
+    link_->Notify(ok ? kMessage : kHalfClose, id_, 0, message);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    ++written_;
+    if (!ok) {                             // no later write can succeed
+      write_failed_ = true;
+      written_ += queue_.size();
+      queue_.clear();
+    }
+    if (received_ - acknowledged_ >= window_ || write_failed_) {
+      link_->Notify(kWrote, id_, static_cast<uint16_t>(written_ - acknowledged_));
+      acknowledged_ = written_;
+    }
+    if (!queue_.empty()) {
+      writing_ = true;
+      SetResponse(queue_.front().data(), queue_.front().size());
+      queue_.pop_front();
+      StartWrite(&response_);              // a reaction: grpc does not run reactions inline here
+      return;
+    }
+    if (finish_wanted_ && !finished_) FinishLocked(status_);
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (id_ != 0 && !finished_ && !finish_wanted_) link_->Notify(kCancel, id_);
+    if (finished_ || finish_wanted_) return;
+    status_ = Status(StatusCode::CANCELLED, "cancelled by the client");
+    finish_wanted_ = true;
+    if (!writing_) FinishLocked(status_);
+  }
+
+  // Last of all reactions; may run inside Finish, so it takes no lock of this call.
+  void OnDone() override {
+    link_->Forget(id_);
+    std::shared_ptr<StreamCall> self = std::move(self_);
+  }                                        // deleted here unless the reader holds it
+
+ private:
+  StreamCall(CallsLink* link, grpc::GenericCallbackServerContext* context, uint64_t window)
+      : link_(link), context_(context), window_(window) {}
+
+  void SetResponse(const char* body, size_t size) {
+    grpc::Slice slice(body, size);
+    response_ = ByteBuffer(&slice, 1);
+  }
+
+  // In a reaction, with mu_ held and no write in flight.
+  void FinishLocked(Status status) {
+    finished_ = true;
+    Finish(std::move(status));
+  }
+
+  CallsLink* link_;
+  grpc::GenericCallbackServerContext* context_;
+  std::shared_ptr<StreamCall> self_;
+  std::mutex mu_;
+  uint64_t id_ = 0;
+  const uint64_t window_;
+  uint64_t received_ = 0, written_ = 0, acknowledged_ = 0;   // responses
+  ByteBuffer request_, response_;
+  std::deque<std::string> queue_;          // responses waiting for the one being written
+  bool writing_ = false, read_closed_ = false, write_failed_ = false;
+  bool finish_wanted_ = false, finished_ = false;
+  Status status_;
+};
+
+uint64_t CallsLink::Register(std::shared_ptr<StreamCall> stream) {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  if (closed_) return 0;
+  uint64_t id = next_id_++;
+  streams_[id] = std::move(stream);
+  return id;
+}
+
+void CallsLink::Opened(uint64_t id, uint16_t method, const std::string& peer,
+                       const std::string& authorization) {
+  Send(Frame(kOpen, id, method, peer, authorization));
+}
+
 bool CallsLink::Submit(UnaryCall* call, uint16_t method, const std::string& peer,
                        const std::string& authorization, const std::string& body) {
   uint64_t id;
@@ -199,19 +407,7 @@ bool CallsLink::Submit(UnaryCall* call, uint16_t method, const std::string& peer
     call->id_.store(id);
     pending_[id] = call;
   }
-  std::string frame;
-  size_t size = 15 + peer.size() + authorization.size() + body.size();
-  frame.reserve(4 + size);
-  Put<uint32_t>(&frame, static_cast<uint32_t>(size));
-  Put<uint8_t>(&frame, 1);
-  Put<uint64_t>(&frame, id);
-  Put<uint16_t>(&frame, method);
-  Put<uint16_t>(&frame, static_cast<uint16_t>(peer.size()));
-  Put<uint16_t>(&frame, static_cast<uint16_t>(authorization.size()));
-  frame.append(peer);
-  frame.append(authorization);
-  frame.append(body);
-  Send(frame);
+  Send(Frame(kCall, id, method, peer, authorization, body.data(), body.size()));
   return true;
 }
 
@@ -220,15 +416,26 @@ bool CallsLink::Cancel(uint64_t id) {
     std::lock_guard<std::mutex> lock(calls_mu_);
     if (pending_.erase(id) == 0) return false;
   }
-  std::string frame;
-  Put<uint32_t>(&frame, 15);
-  Put<uint8_t>(&frame, 2);
-  Put<uint64_t>(&frame, id);
-  Put<uint16_t>(&frame, 0);
-  Put<uint16_t>(&frame, 0);
-  Put<uint16_t>(&frame, 0);
-  Send(frame);
+  Send(Frame(kCancel, id));
   return true;
+}
+
+// A stream's trailing metadata from its status frame: (u16 key size | key | u32 value size |
+// value)*; a truncated entry ends the list.
+std::vector<std::pair<std::string, std::string>> Trailers(const char* p, size_t size) {
+  std::vector<std::pair<std::string, std::string>> trailers;
+  size_t at = 0;
+  while (size - at >= 2) {
+    size_t key_size = Get<uint16_t>(p + at);
+    if (size - at - 2 < key_size + 4) break;
+    std::string key(p + at + 2, key_size);
+    size_t value_size = Get<uint32_t>(p + at + 2 + key_size);
+    at += 6 + key_size;
+    if (size - at < value_size) break;
+    trailers.emplace_back(std::move(key), std::string(p + at, value_size));
+    at += value_size;
+  }
+  return trailers;
 }
 
 void CallsLink::ReadLoop() {
@@ -254,15 +461,25 @@ void CallsLink::ReadLoop() {
       const char* body = p + 13 + message_size;
       size_t body_size = size - 13 - message_size;
       UnaryCall* call = nullptr;
+      std::shared_ptr<StreamCall> stream;
       {
         std::lock_guard<std::mutex> lock(calls_mu_);
         auto it = pending_.find(id);
         if (it != pending_.end()) {
           call = it->second;
           pending_.erase(it);
+        } else if (auto found = streams_.find(id); found != streams_.end()) {
+          stream = found->second;
         }
       }
-      if (call != nullptr) call->Answer(code, std::move(message), body, body_size);
+      if (call != nullptr) {
+        call->Answer(code, std::move(message), body, body_size);
+      } else if (stream != nullptr) {
+        if (code == kResponse) stream->Write(body, body_size);
+        else if (code == kRead) stream->Read();
+        else stream->End(Status(static_cast<StatusCode>(code), std::move(message)),
+                         Trailers(body, body_size));
+      }
       offset += 4 + size;
     }
     buffer.erase(0, offset);
@@ -271,13 +488,18 @@ void CallsLink::ReadLoop() {
 
 void CallsLink::FailAll() {
   std::unordered_map<uint64_t, UnaryCall*> calls;
+  std::unordered_map<uint64_t, std::shared_ptr<StreamCall>> streams;
   {
     std::lock_guard<std::mutex> lock(calls_mu_);
     if (closed_) return;
     closed_ = true;
     calls.swap(pending_);
+    streams.swap(streams_);
   }
   for (auto& [id, call] : calls) call->Answer(14, "the server process went away", nullptr, 0);
+  for (auto& [id, stream] : streams) {
+    stream->End(Status(StatusCode::UNAVAILABLE, "the server process went away"), {});
+  }
   std::fprintf(stderr, "rnnserve-frontend: the server process closed the calls socket\n");
   std::fflush(stderr);
   std::_Exit(1);
@@ -405,30 +627,40 @@ class ProxyCall : public grpc::ServerGenericBidiReactor {
   std::atomic<int> references_{2};     // the caller's OnDone and the backend's OnDone
 };
 
+// A method on the calls route: its number in frames, and whether it is a stream.
+struct Route {
+  uint16_t method;
+  bool stream;
+};
+
 class Router : public grpc::CallbackGenericService {
  public:
-  Router(CallsLink* link, std::unordered_map<std::string, uint16_t> unary,
-         std::shared_ptr<grpc::Channel> backend)
-      : link_(link), unary_(std::move(unary)), stub_(std::move(backend)) {}
+  Router(CallsLink* link, std::unordered_map<std::string, Route> routes,
+         std::shared_ptr<grpc::Channel> backend, uint64_t window)
+      : link_(link), routes_(std::move(routes)), stub_(std::move(backend)), window_(window) {}
 
   grpc::ServerGenericBidiReactor* CreateReactor(
       grpc::GenericCallbackServerContext* context) override {
-    auto it = unary_.find(context->method());
-    if (it != unary_.end()) {
-      std::string authorization;
-      auto header = context->client_metadata().find("authorization");
-      if (header != context->client_metadata().end() && header->second.size() < 65536) {
-        authorization.assign(header->second.data(), header->second.size());
-      }
-      return new UnaryCall(link_, it->second, context->peer(), std::move(authorization));
+    auto it = routes_.find(context->method());
+    if (it == routes_.end()) return new ProxyCall(&stub_, context);
+    std::string authorization;
+    auto header = context->client_metadata().find("authorization");
+    if (header != context->client_metadata().end() && header->second.size() < 65536) {
+      authorization.assign(header->second.data(), header->second.size());
     }
-    return new ProxyCall(&stub_, context);
+    if (!it->second.stream) {
+      return new UnaryCall(link_, it->second.method, context->peer(), std::move(authorization));
+    }
+    grpc::ServerGenericBidiReactor* reactor = nullptr;
+    StreamCall::Start(link_, context, it->second.method, authorization, window_, &reactor);
+    return reactor;
   }
 
  private:
   CallsLink* link_;
-  std::unordered_map<std::string, uint16_t> unary_;
+  std::unordered_map<std::string, Route> routes_;
   grpc::GenericStub stub_;
+  uint64_t window_;
 };
 
 int ConnectUnix(const std::string& path) {
@@ -498,7 +730,8 @@ void AcceptLoop(int listen_fd, int wake_fd,
 int Usage() {
   std::fprintf(stderr,
                "usage: rnnserve-frontend --listen-fd FD --backend UNIX_PATH --calls UNIX_PATH\n"
-               "       [--unary /pkg.Service/Method]... [--arg grpc.key=INT]... [--grace SECONDS]\n"
+               "       [--unary /pkg.Service/Method]... [--stream /pkg.Service/Method]...\n"
+               "       [--stream-window N] [--arg grpc.key=INT]... [--grace SECONDS]\n"
                "       [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]\n"
                "Started by `rnnserve serve --frontend native`; not meant to be run by hand.\n");
   return 2;
@@ -509,16 +742,20 @@ int Usage() {
 int main(int argc, char** argv) {
   std::string backend_path, calls_path, tls_cert, tls_key, tls_client_ca;
   int listen_fd = -1;
-  std::unordered_map<std::string, uint16_t> unary;
+  std::unordered_map<std::string, Route> routes;
   std::vector<std::pair<std::string, int>> args;
   double grace = 30.0;
+  uint64_t window = 8;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--listen-fd") listen_fd = std::atoi(value.c_str());
     else if (flag == "--backend") backend_path = value;
     else if (flag == "--calls") calls_path = value;
-    else if (flag == "--unary") unary.emplace(value, static_cast<uint16_t>(unary.size()));
+    else if (flag == "--unary" || flag == "--stream") {
+      routes.emplace(value, Route{static_cast<uint16_t>(routes.size()), flag == "--stream"});
+    }
     else if (flag == "--grace") grace = std::atof(value.c_str());
+    else if (flag == "--stream-window") window = std::max(1, std::atoi(value.c_str()));
     else if (flag == "--tls-cert") tls_cert = value;
     else if (flag == "--tls-key") tls_key = value;
     else if (flag == "--tls-client-ca") tls_client_ca = value;
@@ -551,7 +788,7 @@ int main(int argc, char** argv) {
   backend_args.SetMaxSendMessageSize(-1);
   auto channel = grpc::CreateCustomChannel("unix:" + backend_path,
                                            grpc::InsecureChannelCredentials(), backend_args);
-  Router router(&link, std::move(unary), channel);
+  Router router(&link, std::move(routes), channel, window);
 
   sockaddr_storage bound{};
   socklen_t bound_size = sizeof(bound);

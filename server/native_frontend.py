@@ -5,21 +5,28 @@ grpc.aio costs 115-124 µs of one core per call before any work is done; grpc's 
 C++ front-end (server/native_frontend.cc, compiled on first use against Debian's
 ``libgrpc++-dev``) and keeps every behaviour of its own:
 
-- the unary methods of the text API and KServe v2 reach this process as request bytes over
-  one Unix socket (:class:`CallEndpoint`) and run the very servicer methods, parsers and
-  serializers that grpc.aio runs (server/guarded.py), behind the same server interceptors
-  (the bearer-token check), so answers, statuses and messages are the same;
-- every other method (streams, health, reflection) is proxied by the front-end, unchanged,
-  to this process's grpc.aio server, which then listens on a private Unix socket only.
+- the unary and bidirectional methods of the text API and KServe v2 (``Classify``,
+  ``StreamClassify``, ``ModelInfer``, ``ModelStreamInfer``, ...) reach this process as
+  messages over one Unix socket (:class:`CallEndpoint`) and run the very servicer methods,
+  parsers and serializers that grpc.aio runs (server/guarded.py), behind the same server
+  interceptors (the bearer-token check), so answers, statuses, messages and trailing
+  metadata are the same;
+- every other method (health, reflection) is proxied by the front-end, unchanged, to this
+  process's grpc.aio server, which then listens on a private Unix socket only.
 
 The caller's address travels with each call (``rnnserve-peer``, see server/quota.py), so the
 per-client quota counts real clients; so does its ``authorization`` header, the only other
-metadata a unary handler on the calls route sees.
+metadata a handler on the calls route sees.
 
 Invariants:
 - The Unix sockets live in a fresh 0700 directory; nothing else can connect to them.
 - Each call frame gets at most one reply frame; a cancel frame cancels the call's task and
   no reply is sent for it.
+- A stream's messages are asked of the front-end one at a time (one ahead of the handler)
+  and at most WRITE_WINDOW of its answers are unwritten, so a caller that sends faster than
+  it reads is held back by HTTP/2 flow control, as with grpc.aio; its status (and trailing
+  metadata) follows its last answer, and its done callbacks run once that is handed over or
+  the caller cancelled.
 - The front-end exits when this process's socket closes, so it never outlives the server;
   :class:`NativeFrontend` restarts it if it dies while serving.
 - With ``processes`` N (``--workers N``), N front-ends share the listening socket (the
@@ -34,6 +41,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import inspect
@@ -63,9 +71,18 @@ COMPILER_FLAGS = ("-O2", "-std=c++17")
 BUILD_HELP = ("the native front-end is compiled on first use and needs g++, pkg-config and "
               "gRPC's C++ headers (Debian: apt install g++ pkg-config libgrpc++-dev)")
 
-_CALL, _CANCEL = 1, 2
+# Frame kinds from the front-end, and the codes this side uses for a stream's responses
+# and reads (server/native_frontend.cc has the layout).
+_CALL, _CANCEL, _OPEN, _MESSAGE, _HALF_CLOSE, _WROTE = 1, 2, 3, 4, 5, 6
+_RESPONSE, _READ = 128, 129
 _HEADER = struct.Struct("<IBQHHH")       # size, kind, id, method, peer size, auth size
 _REPLY = struct.Struct("<IQBI")          # size, id, status code, message size
+_TRAILER_KEY = struct.Struct("<H")
+_TRAILER_VALUE = struct.Struct("<I")
+#: Responses of one stream handed to the front-end and not yet written to the caller; the
+#: handler waits beyond that (as grpc.aio's does while HTTP/2 flow control holds a write).
+#: The front-end acknowledges writes only when this many are unacknowledged.
+WRITE_WINDOW = 8
 
 
 
@@ -109,8 +126,8 @@ def choose_frontend(requested: str, workers: int,
     """What ``--frontend requested`` means with ``workers`` front-end processes: python or
     native, and why native is not used when ``auto`` wanted it (else None).
 
-    ``auto`` is python for one worker (the single process answers streams without a hop)
-    and native for more, where the binary is cached or builds here: on the 2-core test
+    ``auto`` is python for one worker (one process, no second hop for any call) and native
+    for more, where the binary is cached or builds here: on the 2-core test
     machine two C++ front-ends and two ORT sessions answered 1.7-2.1x the single process,
     two Python front-end processes 1.0-1.4x (docs/benchmarks.md, "Server capacity")."""
     if requested != "auto":
@@ -124,20 +141,22 @@ def choose_frontend(requested: str, workers: int,
     return "native", None
 
 
-def unary_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
-                   services) -> dict[str, grpc.RpcMethodHandler]:
-    """Every unary method of ``services`` (ServiceDescriptors) that one of the registered
-    ``generic_handlers`` serves: ``/package.Service/Method`` -> its handler."""
+def routed_handlers(generic_handlers: Iterable[grpc.GenericRpcHandler],
+                    services) -> dict[str, grpc.RpcMethodHandler]:
+    """Every unary and bidirectional method of ``services`` (ServiceDescriptors) that one of
+    the registered ``generic_handlers`` serves: ``/package.Service/Method`` -> its handler.
+    These take the calls route; the front-end proxies any other method."""
     table: dict[str, grpc.RpcMethodHandler] = {}
     for service in services:
         for method in service.methods:
-            if method.client_streaming or method.server_streaming:
+            bidi = method.client_streaming and method.server_streaming
+            if method.client_streaming != method.server_streaming:
                 continue
             path = f"/{service.full_name}/{method.name}"
             details = _CallDetails(path)
             for generic in generic_handlers:
                 found = generic.service(details)
-                if found is not None and found.unary_unary is not None:
+                if found is not None and (found.stream_stream if bidi else found.unary_unary):
                     table[path] = found
                     break
     return table
@@ -150,17 +169,21 @@ class _CallDetails(grpc.HandlerCallDetails):
 
 
 class CallContext:
-    """What the servicers' unary methods and the server interceptors use of a grpc.aio
-    ServicerContext, for a call that arrived as a frame: the caller's address, its
-    metadata (address and ``authorization``) and ``abort``."""
+    """What the servicers' methods and the server interceptors use of a grpc.aio
+    ServicerContext, for a call that arrived as frames: the caller's address, its metadata
+    (address and ``authorization``), ``abort`` (with trailing metadata) and, for a stream,
+    ``add_done_callback`` (called once its status is handed to the front-end, or it is
+    cancelled)."""
 
-    __slots__ = ("_metadata", "_peer", "code", "details")
+    __slots__ = ("_done", "_metadata", "_peer", "code", "details", "trailing")
 
     def __init__(self, peer: str, metadata: tuple) -> None:
         self._peer = peer
         self._metadata = metadata
         self.code = grpc.StatusCode.UNKNOWN
         self.details = ""
+        self.trailing: tuple = ()
+        self._done: list | None = None
 
     def peer(self) -> str:
         return self._peer
@@ -169,8 +192,85 @@ class CallContext:
         return self._metadata
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()) -> None:
-        self.code, self.details = code, details
+        self.code, self.details, self.trailing = code, details, tuple(trailing_metadata or ())
         raise aio.AbortError()
+
+    def add_done_callback(self, callback) -> None:
+        if self._done is None:
+            self._done = []
+        self._done.append(callback)
+
+    def finished(self) -> None:
+        callbacks, self._done = self._done or (), None
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:       # as grpc.aio: one callback cannot stop the rest
+                log.exception("stream done callback failed")
+
+
+class _Inbound:
+    """A stream's request messages as its handler iterates them. Each is asked of the
+    front-end when wanted, one ahead of the handler, so at most one is buffered here and the
+    caller is otherwise held back by HTTP/2 flow control."""
+
+    __slots__ = ("_ask", "_asked", "_closed", "_messages", "_waiter")
+
+    def __init__(self, ask) -> None:
+        self._ask = ask
+        self._asked = False
+        self._closed = False
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._messages and not self._closed:
+            self._want()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._messages:
+            message = self._messages.popleft()
+            self._want()
+            return message
+        raise StopAsyncIteration
+
+    def _want(self) -> None:
+        if not (self._asked or self._closed or self._messages):
+            self._asked = True
+            self._ask()
+
+    def deliver(self, message: bytes | None) -> None:
+        """The message the front-end read, or None once the caller half-closed."""
+        self._asked = False
+        if message is None:
+            self._closed = True
+        else:
+            self._messages.append(message)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _StreamCall:
+    """One stream's state on this side: its messages in, its responses not yet written."""
+
+    __slots__ = ("inbound", "task", "unwritten", "written")
+
+    def __init__(self, inbound: _Inbound) -> None:
+        self.inbound = inbound
+        self.task: asyncio.Task | None = None
+        self.unwritten = 0
+        self.written: asyncio.Future | None = None
+
+    def wrote(self, count: int) -> None:
+        self.unwritten -= count
+        if self.written is not None and not self.written.done():
+            self.written.set_result(None)
 
 
 class CallEndpoint(asyncio.Protocol):
@@ -183,6 +283,7 @@ class CallEndpoint(asyncio.Protocol):
         self._intercepted = self._chain(interceptors) if interceptors else None
         self._buffer = bytearray()
         self._tasks: dict[int, asyncio.Task] = {}
+        self._streams: dict[int, _StreamCall] = {}
         self._outbox: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -195,6 +296,8 @@ class CallEndpoint(asyncio.Protocol):
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
+        for stream in self._streams.values():
+            stream.task.cancel()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -207,7 +310,7 @@ class CallEndpoint(asyncio.Protocol):
             end = offset + 4 + length
             if end > size:
                 break
-            if kind == _CALL:
+            if kind == _CALL or kind == _OPEN:
                 view = memoryview(buffer)
                 start = offset + header
                 peer = str(view[start:start + peer_size], "utf-8", "replace")
@@ -218,12 +321,27 @@ class CallEndpoint(asyncio.Protocol):
                                   str(view[start:start + auth_size], "latin-1")),)
                 payload = bytes(view[start + auth_size:end])
                 view.release()                   # the buffer is resized below
-                self._tasks[call] = self._loop.create_task(
-                    self._run(call, method, CallContext(peer, metadata), payload))
+                if kind == _CALL:
+                    self._tasks[call] = self._loop.create_task(
+                        self._run(call, method, CallContext(peer, metadata), payload))
+                else:
+                    self._open(call, method, CallContext(peer, metadata))
+            elif kind == _MESSAGE or kind == _HALF_CLOSE or kind == _WROTE:
+                stream = self._streams.get(call)
+                if stream is None:
+                    pass                        # ended here already
+                elif kind == _WROTE:
+                    stream.wrote(method)
+                else:
+                    stream.inbound.deliver(bytes(buffer[offset + header:end])
+                                           if kind == _MESSAGE else None)
             else:
                 task = self._tasks.pop(call, None)
                 if task is not None:
                     task.cancel()
+                stream = self._streams.get(call)
+                if stream is not None:
+                    stream.task.cancel()
             offset = end
         del buffer[:offset]
 
@@ -251,6 +369,58 @@ class CallEndpoint(asyncio.Protocol):
                         f"Unexpected {type(exc)}: {exc}", b"")
         finally:
             self._tasks.pop(call, None)
+
+    def _open(self, call: int, method: int, context: CallContext) -> None:
+        stream = _StreamCall(_Inbound(functools.partial(self._reply, call, _READ, "", b"")))
+        self._streams[call] = stream
+        stream.task = self._loop.create_task(self._stream(call, method, context, stream))
+
+    async def _stream(self, call: int, method: int, context: CallContext,
+                      stream: _StreamCall) -> None:
+        """One bidirectional call, as grpc.aio runs it: the handler's responses in order,
+        then its status (and trailing metadata, from ``abort``)."""
+        path, handler = self._handlers[method]
+        responses = None
+        try:
+            if self._intercepted is not None:
+                handler = await self._intercepted(_CallDetails(path,
+                                                               context.invocation_metadata()))
+            responses = handler.stream_stream(stream.inbound, context)
+            if inspect.isasyncgen(responses):
+                serialize = handler.response_serializer
+                async for response in responses:
+                    await self._respond(call, stream,
+                                        serialize(response) if serialize else response)
+            elif inspect.isawaitable(responses):
+                await responses                 # a refusal (security.py) or writes nothing
+            self._end(call, grpc.StatusCode.OK, "", context.trailing)
+        except aio.AbortError:
+            self._end(call, context.code, context.details, context.trailing)
+        except asyncio.CancelledError:
+            pass                                # cancelled by the caller: the front-end ended it
+        except Exception as exc:       # the same answer grpc.aio gives
+            log.exception("stream call failed")
+            self._end(call, grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}", ())
+        finally:
+            if inspect.isasyncgen(responses):
+                await responses.aclose()        # its own clean-up (a sequence's end) runs now
+            self._streams.pop(call, None)
+            context.finished()
+
+    async def _respond(self, call: int, stream: _StreamCall, body: bytes) -> None:
+        while stream.unwritten >= WRITE_WINDOW:
+            stream.written = self._loop.create_future()
+            await stream.written
+        stream.unwritten += 1
+        self._reply(call, _RESPONSE, "", body)
+
+    def _end(self, call: int, code: grpc.StatusCode, message: str, trailing) -> None:
+        body = bytearray()
+        for key, value in trailing:
+            name = key.encode("ascii")
+            data = value if isinstance(value, bytes) else value.encode("utf-8")
+            body += _TRAILER_KEY.pack(len(name)) + name + _TRAILER_VALUE.pack(len(data)) + data
+        self._reply(call, code.value[0], message, bytes(body))
 
     def _chain(self, interceptors: list[aio.ServerInterceptor]):
         """``details -> handler`` through the server's interceptors, as grpc.aio applies
@@ -340,9 +510,10 @@ class NativeFrontend:
     async def _spawn(self, index: int) -> None:
         listen_fd = self._socket.fileno()
         command = [str(self._binary), "--listen-fd", str(listen_fd), "--backend", str(self.backend),
-                   "--calls", str(self._calls), "--grace", str(self._grace)]
-        for path, _ in self._handlers:
-            command += ["--unary", path]
+                   "--calls", str(self._calls), "--grace", str(self._grace),
+                   "--stream-window", str(WRITE_WINDOW)]
+        for path, handler in self._handlers:
+            command += ["--stream" if handler.stream_stream else "--unary", path]
         for key, value in self._options:
             command += ["--arg", f"{key}={value}"]
         for name, path in self._tls.items():

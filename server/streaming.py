@@ -53,6 +53,7 @@ class Drain:
         self._open = 0
         self._none_open = asyncio.Event()
         self._none_open.set()
+        self._begun = asyncio.Event()
 
     def track(self, context) -> None:
         """Count a stream call as open until grpc reports it done (its status sent, or the
@@ -60,6 +61,11 @@ class Drain:
         self._open += 1
         self._none_open.clear()
         context.add_done_callback(self._call_done)
+
+    @property
+    def open_streams(self) -> int:
+        """Stream calls counted open (:meth:`track`) and not done yet."""
+        return self._open
 
     def _call_done(self, _context) -> None:
         self._open -= 1
@@ -78,8 +84,13 @@ class Drain:
         """Stop reading every open stream (each flushes its answers, then ends UNAVAILABLE);
         unary calls already accepted complete normally."""
         self.active = True
+        self._begun.set()
         for reader in list(self._readers):
             reader.cancel()
+
+    async def begun(self) -> None:
+        """Return once :meth:`begin` has been called."""
+        await self._begun.wait()
 
     def start_reader(self, reading: Awaitable) -> asyncio.Task:
         """Run one stream's reader; cancelled at once when the drain has begun."""

@@ -133,17 +133,26 @@ class SentimentServicer:
 
     async def StreamClassify(self, requests: AsyncIterator, context: aio.ServicerContext):
         self.drain.track(context)
+        requests = aiter(requests)
+        opening = await self._first_message(requests)
+        if opening is None:              # half-closed at once, or silent through a drain
+            if self.drain.active:
+                await context.abort(DRAINED.code, DRAIN_MESSAGE)
+            return
         if self.drain.active:
-            await self._refuse_drained(requests, context)
+            await self._refuse_drained(opening, context)
         stream = _Stream(self._client(context))
         pump = StreamPump(functools.partial(self._submit, stream=stream), ordered=True,
                           window=self.settings.max_pending_chunks, drain=self.drain)
         chunk_index = 0
         total_tokens = 0
         sequence_id = ""
+        answered = False
         why = "cancelled"
         try:
-            async for (first, reset, end, base), prediction in pump.outcomes(requests):
+            async for (first, reset, end, base), prediction in pump.outcomes(
+                    _after(opening, requests)):
+                answered = True
                 if reset:
                     chunk_index = total_tokens = 0
                 if base is not None:
@@ -163,6 +172,8 @@ class SentimentServicer:
                 yield response
             why = "ended"
         except ServingError as error:
+            if error is DRAINED and not answered:   # the sequence is where the caller had it
+                await self._refuse_drained(opening, context)
             if error is DRAINED:
                 await self._abort_drained(context, stream)
             await context.abort(error.code, error.message)
@@ -170,19 +181,33 @@ class SentimentServicer:
             if stream.engine is not None:
                 stream.engine.end_sequence(stream.key, why=why)
 
-    async def _refuse_drained(self, requests: AsyncIterator, context) -> None:
-        """End a stream that reached a draining server with UNAVAILABLE and, once its first
-        message is read, the state it brought as the trailer (empty for a new sequence):
-        nothing of it was answered here, so the client resends it all elsewhere."""
+    async def _first_message(self, requests: AsyncIterator):
+        """The stream's first message, or None when the caller half-closes first. The
+        handler reads it itself (never the pump, whose reader a drain cancels, losing a
+        message caught mid-read): so a stream caught by a drain before anything was
+        answered can always be given back the state it brought. Once a drain has begun it
+        waits at most FIRST_MESSAGE_SECONDS (then None)."""
+        reading = asyncio.ensure_future(anext(requests, None))
         try:
+            if not self.drain.active:
+                began = asyncio.ensure_future(self.drain.begun())
+                try:
+                    await asyncio.wait((reading, began), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    began.cancel()
             async with asyncio.timeout(FIRST_MESSAGE_SECONDS):
-                first = await anext(aiter(requests), None)
+                return await reading
         except TimeoutError:
-            first = None
-        if first is None:
-            await context.abort(DRAINED.code, DRAIN_MESSAGE)
+            return None
+        finally:
+            reading.cancel()
+
+    async def _refuse_drained(self, opening, context) -> None:
+        """End a stream that a drain caught before anything of it was answered with
+        UNAVAILABLE and, as the trailer, the state its first message brought (empty for a
+        new sequence): the client resends it all elsewhere, unchanged."""
         await context.abort(DRAINED.code, DRAIN_RESUME_MESSAGE,
-                            trailing_metadata=((STATE_TRAILER, first.resume_state),))
+                            trailing_metadata=((STATE_TRAILER, opening.resume_state),))
 
     async def _abort_drained(self, context, stream: _Stream) -> None:
         """End a drained stream with UNAVAILABLE and, when its sequence is still open and
@@ -267,6 +292,13 @@ class _Stream:
         self.engine = None
         self.key = None
         self.ended = False
+
+
+async def _after(opening, requests: AsyncIterator) -> AsyncIterator:
+    """``opening`` (a stream's first message, already read), then the rest of the stream."""
+    yield opening
+    async for request in requests:
+        yield request
 
 
 def _prediction(prediction: Prediction) -> pb.Prediction:

@@ -62,7 +62,7 @@ def test_answers_are_offline_logits_through_both_routes(both, offline):
         for prediction, text in zip(response.predictions, texts, strict=True):
             np.testing.assert_allclose(prediction.logits, offline[model].logits(text),
                                        atol=TOLERANCE, rtol=0)
-    chunks = ["the film", "was great", "but the ending was awful"]   # stream: the proxy
+    chunks = ["the film", "was great", "but the ending was awful"]   # a stream: the same
     answers = list(stub.StreamClassify(iter(
         [pb.StreamClassifyRequest(text=chunks[0], model=GRU)]
         + [pb.StreamClassifyRequest(text=c) for c in chunks[1:]]), timeout=30))
@@ -103,7 +103,7 @@ def test_bad_requests_get_the_same_status_and_message(both, method, body):
     assert native_message == python_message.removeprefix("SERVER: ")
 
 
-def test_deadlines_and_cancellation_reach_the_server_through_the_proxy(both):
+def test_deadlines_and_cancellation_of_a_stream_reach_the_server(both):
     _, native = both
     stub = sentiment_pb2_grpc.SentimentStub(native.channel())
     store = native.registry.get(GRU).store
@@ -128,6 +128,53 @@ def test_deadlines_and_cancellation_reach_the_server_through_the_proxy(both):
             time.sleep(0.05)
         assert native.run_sync(lambda: len(store)) == 0, f"{end}: the sequence leaked"
     hold.set()
+
+
+@pytest.mark.parametrize("frontend", ["python", "native"])
+def test_a_stream_whose_caller_stops_reading_is_held_back_then_answered_in_order(both,
+                                                                                 frontend):
+    """Flow control: a caller that sends and reads no answer is held back, not buffered
+    without bound (through the native front-end: it reads a stream's next message only
+    when the server wants it, and the server hands it at most a few unwritten answers);
+    once it reads, every chunk is answered, in order. Each message carries 32 KB the server
+    skips (an unknown field) and asks for the state (2.5 KB answers), so windows fill with
+    few messages."""
+    server = both[0] if frontend == "python" else both[1]
+    total = 1000
+    padding = _unknown_field(32_768)
+    produced = [0]
+
+    def chunks():
+        for index in range(total):
+            produced[0] = index + 1
+            yield pb.StreamClassifyRequest(text="fun", model=GRU if index == 0 else "",
+                                           export_state=True).SerializeToString() + padding
+
+    channel = server.channel(options=[("grpc.http2.bdp_probe", 0)])   # fixed 64 KB windows
+    stream = channel.stream_stream("/rnnserve.v1.Sentiment/StreamClassify",
+                                   response_deserializer=pb.StreamClassifyResponse.FromString
+                                   )(chunks(), timeout=120)
+    previous, deadline = -1, time.monotonic() + 5
+    while produced[0] != previous and time.monotonic() < deadline:    # until it stalls
+        previous = produced[0]
+        time.sleep(0.5)
+    held_back = produced[0]
+    indexes = [answer.chunk_index for answer in stream]
+    assert held_back < total / 2, f"{held_back} of {total} chunks taken while none was read"
+    assert indexes == list(range(1, total + 1))
+
+
+def _unknown_field(size: int) -> bytes:
+    """A length-delimited field (number 1000) of ``size`` bytes: valid protobuf that every
+    parser skips."""
+    tag, length = (1000 << 3) | 2, size
+    encoded = b""
+    for value in (tag, length):
+        while value >= 0x80:
+            encoded += bytes([value & 0x7F | 0x80])
+            value >>= 7
+        encoded += bytes([value])
+    return encoded + b"\0" * size
 
 
 def test_a_kserve_sequence_continues_over_new_connections(both, offline):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import struct
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -311,6 +312,49 @@ def test_drained_stream_ends_with_its_state_and_resumes_elsewhere(tiny_repositor
     assert [r.chunk_index for r in answered + resumed] == [1, 2, 3, 4]
 
 
+def test_a_stream_caught_by_a_drain_before_its_first_message_gets_its_state_back(
+        tiny_repository, stub, offline):
+    """Streams already open (their handlers waiting for the first message) when the drain
+    begins end like those that arrive during it: UNAVAILABLE with the state their first
+    message brought, never without it (the documented client would then give up)."""
+    first = list(stub.StreamClassify(iter([
+        pb.StreamClassifyRequest(text=CHUNKS[0], model=LSTM, export_state=True)]), timeout=30))
+    state = first[0].state
+    openings = {"resume": pb.StreamClassifyRequest(resume_state=state, text=CHUNKS[1]),
+                "new": pb.StreamClassifyRequest(text=CHUNKS[0], model=LSTM)}
+    with start_server(tiny_repository) as draining, draining.channel() as channel:
+        doomed = sentiment_pb2_grpc.SentimentStub(channel)
+        feeds = {name: queue.Queue() for name in openings}
+        calls = {name: doomed.StreamClassify(iter(feed.get, None), timeout=30)
+                 for name, feed in feeds.items()}
+        deadline = time.monotonic() + 10           # both handlers run, waiting for a message
+        while draining.run_sync(lambda: draining.server.drain.open_streams) < len(calls):
+            assert time.monotonic() < deadline, "the streams never reached their handler"
+            time.sleep(0.01)
+        draining.run_sync(draining.server.drain.begin)
+        refused = {}
+        for name, call in calls.items():
+            feeds[name].put(openings[name])
+            feeds[name].put(None)
+            with pytest.raises(grpc.RpcError) as error:
+                list(call)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE, name
+            assert STATE_TRAILER in error.value.details(), name
+            refused[name] = dict(error.value.trailing_metadata())[STATE_TRAILER]
+    _assert_given_back(refused, first, stub, offline)
+
+
+def _assert_given_back(refused: dict, first: list, stub, offline) -> None:
+    """The refused streams got back the state they brought (``first``'s exported state for
+    "resume", nothing for "new"), and the resumed one continues exactly."""
+    assert refused == {"resume": first[0].state, "new": b""}
+    resumed = list(stub.StreamClassify(iter([
+        pb.StreamClassifyRequest(resume_state=refused["resume"], text=CHUNKS[1], end=True)]),
+        timeout=30))
+    np.testing.assert_allclose([r.prediction.logits for r in first + resumed],
+                               offline[LSTM].stream(CHUNKS[:2]), atol=TOLERANCE, rtol=0)
+
+
 def test_a_draining_server_turns_new_streams_away_with_the_state_they_brought(
         tiny_repository, stub, offline):
     """While a drain ends the open streams the port still takes calls; a stream opened then
@@ -335,9 +379,4 @@ def test_a_draining_server_turns_new_streams_away_with_the_state_they_brought(
         # Unary calls are still answered until the port closes.
         assert doomed.Classify(pb.ClassifyRequest(texts=[CHUNKS[0]], model=LSTM),
                                timeout=30).predictions
-    assert refused == {"resume": state, "new": b""}
-    resumed = list(stub.StreamClassify(iter([
-        pb.StreamClassifyRequest(resume_state=refused["resume"], text=CHUNKS[1], end=True)]),
-        timeout=30))
-    np.testing.assert_allclose([r.prediction.logits for r in first + resumed],
-                               offline[LSTM].stream(CHUNKS[:2]), atol=TOLERANCE, rtol=0)
+    _assert_given_back(refused, first, stub, offline)
