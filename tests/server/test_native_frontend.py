@@ -195,11 +195,11 @@ def test_the_quota_sees_real_callers_and_ignores_forged_addresses(tiny_repositor
         step(client, LSTM, "one", 1, start=True)
         forged = [("rnnserve-peer", "ipv4:10.9.9.9")]
         stub = sentiment_pb2_grpc.SentimentStub(server.channel())
-        with pytest.raises(grpc.RpcError) as caught:       # proxied route
+        with pytest.raises(grpc.RpcError) as caught:       # a stream
             list(stub.StreamClassify(iter([pb.StreamClassifyRequest(text="x", model=GRU)]),
                                      metadata=forged, timeout=30))
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        with pytest.raises(triton.InferenceServerException) as refused:    # calls route
+        with pytest.raises(triton.InferenceServerException) as refused:    # a v2 step
             client.infer(f"{LSTM}-stream", [_text("two")], sequence_id=2, sequence_start=True,
                          headers=dict(forged))
         assert "per-client limit is 1" in str(refused.value)
