@@ -246,6 +246,10 @@ def test_streams_resume_on_the_other_container(podman, cpu_image, model_volume,
         options = [("grpc.lb_policy_name", "round_robin")]
         with grpc.insecure_channel(target, options=options) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
+            # Ready means one backend is; round robin spreads calls only over the connected
+            # ones, so give the other a moment, or every stream may land on b (both are
+            # healthy already: connecting takes milliseconds).
+            time.sleep(1.0)
             stub = sentiment_pb2_grpc.SentimentStub(channel)
             results: list[list] = [[] for _ in range(STREAMS)]
             errors: list[BaseException] = []
