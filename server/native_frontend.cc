@@ -99,6 +99,12 @@ std::string Flatten(const ByteBuffer& buffer) {
   return out;
 }
 
+// A message's bytes (copied) as grpc sends them.
+ByteBuffer Buffer(const char* body, size_t size) {
+  grpc::Slice slice(body, size);
+  return ByteBuffer(&slice, 1);
+}
+
 template <typename T>
 void Put(std::string* out, T value) {
   out->append(reinterpret_cast<const char*>(&value), sizeof(value));  // x86-64: little-endian
@@ -225,8 +231,7 @@ class UnaryCall : public grpc::ServerGenericBidiReactor {
   // Called by the link's reader thread once the call is removed from `pending`.
   void Answer(uint8_t code, std::string message, const char* body, size_t size) {
     if (code == 0) {
-      grpc::Slice slice(body, size);
-      response_ = ByteBuffer(&slice, 1);
+      response_ = Buffer(body, size);
       StartWriteAndFinish(&response_, grpc::WriteOptions(), Status::OK);
     } else {
       Finish(Status(static_cast<StatusCode>(code), std::move(message)));
@@ -288,7 +293,7 @@ class StreamCall : public grpc::ServerGenericBidiReactor {
         return;
       }
       writing_ = true;
-      SetResponse(body, size);
+      response_ = Buffer(body, size);
     }
     StartWrite(&response_);
   }
@@ -332,7 +337,7 @@ class StreamCall : public grpc::ServerGenericBidiReactor {
     }
     if (!queue_.empty()) {
       writing_ = true;
-      SetResponse(queue_.front().data(), queue_.front().size());
+      response_ = Buffer(queue_.front().data(), queue_.front().size());
       queue_.pop_front();
       StartWrite(&response_);              // a reaction: grpc does not run reactions inline here
       return;
@@ -358,11 +363,6 @@ class StreamCall : public grpc::ServerGenericBidiReactor {
  private:
   StreamCall(CallsLink* link, grpc::GenericCallbackServerContext* context, uint64_t window)
       : link_(link), context_(context), window_(window) {}
-
-  void SetResponse(const char* body, size_t size) {
-    grpc::Slice slice(body, size);
-    response_ = ByteBuffer(&slice, 1);
-  }
 
   // In a reaction, with mu_ held and no write in flight.
   void FinishLocked(Status status) {

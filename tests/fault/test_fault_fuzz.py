@@ -26,6 +26,7 @@ from fault_support import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from protobuf_wire import field
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from serving import start_server
@@ -412,21 +413,6 @@ UNARY = [TEXT_SERVICE + m for m in ("Classify", "ListModels", "GetModelMetadata"
 STREAMING = [TEXT_SERVICE + "StreamClassify", KSERVE_SERVICE + "ModelStreamInfer"]
 
 
-def _field(number: int, value: bytes) -> bytes:
-    """One length-delimited protobuf field (wire type 2)."""
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 garbage = st.one_of(
     st.binary(max_size=200),
     st.sampled_from([b"\xff" * 11, b"\x0a\xff\xff\xff\xff\x0f", b"\x08" + b"\xff" * 10,
@@ -434,7 +420,7 @@ garbage = st.one_of(
                      b"\x0b\x0c", b"\x1a\x02\xc3\x28", b"\x0a\x03\xed\xa0\x80"]),
     # well-formed framing, field numbers 1..20, arbitrary (often non-UTF-8) payloads
     st.lists(st.tuples(st.integers(1, 20), st.binary(max_size=40)), max_size=5).map(
-        lambda fields: b"".join(_field(n, v) for n, v in fields)),
+        lambda fields: b"".join(field(n, v) for n, v in fields)),
 )
 
 

@@ -21,6 +21,7 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from offline import GRU, LSTM
+from protobuf_wire import field
 from rnnserve.protos import sentiment_pb2 as pb
 from rnnserve.protos import sentiment_pb2_grpc
 from sequence_support import step
@@ -141,7 +142,7 @@ def test_a_stream_whose_caller_stops_reading_is_held_back_then_answered_in_order
     few messages."""
     server = both[0] if frontend == "python" else both[1]
     total = 1000
-    padding = _unknown_field(32_768)
+    padding = field(1000, b"\0" * 32_768)      # a field number the schema lacks
     produced = [0]
 
     def chunks():
@@ -162,19 +163,6 @@ def test_a_stream_whose_caller_stops_reading_is_held_back_then_answered_in_order
     indexes = [answer.chunk_index for answer in stream]
     assert held_back < total / 2, f"{held_back} of {total} chunks taken while none was read"
     assert indexes == list(range(1, total + 1))
-
-
-def _unknown_field(size: int) -> bytes:
-    """A length-delimited field (number 1000) of ``size`` bytes: valid protobuf that every
-    parser skips."""
-    tag, length = (1000 << 3) | 2, size
-    encoded = b""
-    for value in (tag, length):
-        while value >= 0x80:
-            encoded += bytes([value & 0x7F | 0x80])
-            value >>= 7
-        encoded += bytes([value])
-    return encoded + b"\0" * size
 
 
 def test_a_kserve_sequence_continues_over_new_connections(both, offline):
