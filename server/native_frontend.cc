@@ -41,9 +41,11 @@
 // - Python holds at most --stream-window responses of a stream unwritten. Writes are
 //   acknowledged only when Python may be waiting (that many unacknowledged), so a stream
 //   whose caller keeps up costs no acknowledgement frames.
-// - SIGTERM/SIGINT (sent once the Python server has ended its streams): stop accepting
-//   calls, let those in flight finish, exit 0 once all are done or --grace seconds have
-//   passed.
+// - SIGTERM from the Python server (its parent; sent once it has ended its streams): stop
+//   accepting calls, let those in flight finish, exit 0 once all are done or --grace
+//   seconds have passed. Any other SIGTERM or SIGINT (a terminal's Ctrl-C, `kill -- -PGID`,
+//   a supervisor signalling every process) is the server's to act on and is ignored here,
+//   so the port keeps taking calls while the server ends its streams first.
 // - The public port is a listening socket the Python process made and keeps (--listen-fd):
 //   while this process is restarted, connections wait in its backlog instead of being
 //   refused. This process accepts them (one thread) and hands each to grpc.
@@ -825,8 +827,11 @@ int main(int argc, char** argv) {
   std::printf("listening %d\n", port);
   std::fflush(stdout);
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const pid_t server_pid = getppid();   // only its SIGTERM stops this process (see top)
+  siginfo_t signal_info{};
+  while (sigwaitinfo(&signals, &signal_info) < 0 || signal_info.si_signo != SIGTERM ||
+         signal_info.si_pid != server_pid) {
+  }
   if (write(wake[1], "x", 1) == 1) accepting.join();   // no new connections from here on
   auto deadline = std::chrono::system_clock::now() +
                   std::chrono::milliseconds(static_cast<int64_t>(grace * 1000));

@@ -28,7 +28,9 @@ Invariants:
   metadata) follows its last answer, and its done callbacks run once that is handed over or
   the caller cancelled.
 - The front-end exits when this process's socket closes, so it never outlives the server;
-  :class:`NativeFrontend` restarts it if it dies while serving.
+  :class:`NativeFrontend` restarts it if it dies while serving. It stops taking calls only
+  on this process's SIGTERM (sent once the streams have ended): a Ctrl-C or a signal to
+  the whole process group is this process's to act on.
 - With ``processes`` N (``--workers N``), N front-ends share the listening socket (the
   kernel hands each connection to one of them) and each has its own calls connection, so
   one that dies costs only the calls it carried.

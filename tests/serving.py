@@ -8,8 +8,9 @@ manager):
   ``.server`` (the RnnServer), ``.registry`` and ``.call(coroutine)`` to run code on the
   server's loop (e.g. to inspect or patch an engine).
 - ``start_server(repository, subprocess=True, **settings)``: ``python -m rnnserve.server`` in
-  a child process (real signals, real exit status). ``.stop()`` sends SIGTERM and returns
-  the exit status; ``.events()`` are the parsed JSON log lines.
+  a child process in its own process group (real signals, real exit status). ``.stop()``
+  sends SIGTERM and returns the exit status; ``.signal_group(signum)`` signals the whole
+  group; ``.events()`` are the parsed JSON log lines.
 
 ``settings`` are ServerSettings fields (``max_batch_size=8``, ``auth_token="..."``); tests get
 ``host=127.0.0.1``, ``port=0`` (a free port) and ``metrics_port=-1`` (off) unless they say
@@ -182,6 +183,11 @@ class ProcessServer:
     def send_signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
 
+    def signal_group(self, signum: int) -> None:
+        """Signal the server's whole process group (its own), as a terminal's Ctrl-C,
+        ``kill -- -PGID`` or a supervisor that signals every process does."""
+        os.killpg(self.process.pid, signum)
+
     def wait(self, timeout: float | None = 60) -> int:
         code = self.process.wait(timeout)
         self._reader.join(timeout=5)
@@ -275,7 +281,7 @@ def _start_process(values: dict[str, Any], ready_timeout: float,
     child_env.update({"RNNSERVE_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
     child_env.update(env)
     process = sp.Popen([sys.executable, "-m", "rnnserve.server"], stdout=sp.PIPE,
-                       stderr=sp.STDOUT, text=True, env=child_env)
+                       stderr=sp.STDOUT, text=True, env=child_env, process_group=0)
     lines: list[str] = []
     ready = threading.Event()
 

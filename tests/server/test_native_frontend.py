@@ -368,6 +368,45 @@ def test_sigterm_exits_zero_and_server_death_takes_the_frontend_along(tiny_repos
         assert not _alive(frontend), "the front-end outlived its server"
 
 
+@pytest.mark.parametrize("frontend", ["native", "python"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_to_the_whole_process_group_drains_in_order(tiny_repository, signum, frontend,
+                                                             native_frontend_binary):
+    """A terminal's Ctrl-C, ``kill -- -PGID`` or a supervisor that signals every process
+    reaches the front-end processes too. The server still drains in its own order: the port
+    keeps taking calls until the streams have ended with their state trailers, and no
+    front-end is taken for dead and restarted."""
+    with start_server(tiny_repository, subprocess=True, workers=2, frontend=frontend,
+                      drain_delay_seconds=0.5) as server:
+        hold = threading.Event()
+
+        def chunks():
+            yield pb.StreamClassifyRequest(text="a great", model=LSTM)
+            hold.wait(30)                           # the stream stays open
+
+        channel = server.channel(OWN_CONNECTION)
+        stub = sentiment_pb2_grpc.SentimentStub(channel)
+        stream = stub.StreamClassify(chunks(), timeout=30)
+        next(stream)
+        server.signal_group(signum)
+        time.sleep(0.2)               # within the drain delay: the port still takes calls
+        answer = stub.Classify(pb.ClassifyRequest(texts=["fine"], model=LSTM), timeout=10)
+        assert answer.model == LSTM
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        hold.set()
+        channel.close()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "rnnserve-sequence-state-bin" in dict(ended.value.trailing_metadata() or ())
+        assert server.wait(60) == 0
+        restarts = [e for e in server.events()
+                    if e.get("event") in ("native_frontend_exited", "worker_exited")]
+        assert restarts == [], restarts
+        leftover = subprocess.run(["pgrep", "-g", str(server.process.pid)],
+                                  capture_output=True, text=True, check=False).stdout
+        assert leftover == "", f"processes left in the server's group: {leftover}"
+
+
 def test_without_a_compiler_the_server_says_what_to_install(tiny_repository, tmp_path):
     """No g++ on PATH and nothing compiled yet: exit status 1 and a message naming the
     packages, and nothing left behind."""
