@@ -377,7 +377,7 @@ def test_a_signal_to_the_whole_process_group_drains_in_order(tiny_repository, si
     keeps taking calls until the streams have ended with their state trailers, and no
     front-end is taken for dead and restarted."""
     with start_server(tiny_repository, subprocess=True, workers=2, frontend=frontend,
-                      drain_delay_seconds=0.5) as server:
+                      drain_delay_seconds=1.5) as server:
         hold = threading.Event()
 
         def chunks():
