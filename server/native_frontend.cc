@@ -33,7 +33,8 @@
 //
 // Invariants:
 // - Every call is finished exactly once: by its reply, by its cancellation, or with
-//   UNAVAILABLE when the Python process goes away (this process then exits 1).
+//   UNAVAILABLE when the Python process goes away (this process then removes the server's
+//   sockets and their directory, which a SIGKILLed server leaves behind, and exits 1).
 // - A pending call is owned by the `pending` map: whoever removes it finishes it.
 // - A stream has at most one read in flight and reads only when Python asks (so HTTP/2
 //   flow control pushes back on a caller that sends faster than the server answers);
@@ -143,6 +144,26 @@ std::string Frame(uint8_t kind, uint64_t id, uint16_t method = 0, const std::str
 
 class UnaryCall;
 class StreamCall;
+
+// The server's socket paths (--calls, --backend) and its pid (this process's parent). A
+// front-end that outlives its server (SIGKILLed: no chance to clean up) removes them and
+// their directory on its way out; while the server lives (it only closed the socket) they
+// stay, for the front-end it starts next.
+std::vector<std::string> g_server_sockets;
+pid_t g_server_pid = 0;
+
+void RemoveSocketsOfDeadServer() {
+  // A dying process closes its sockets before its children are re-parented: give it 1 s.
+  for (int wait = 0; getppid() == g_server_pid; ++wait) {
+    if (wait == 100) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (const auto& path : g_server_sockets) unlink(path.c_str());
+  if (!g_server_sockets.empty()) {
+    const std::string& first = g_server_sockets.front();
+    rmdir(first.substr(0, first.rfind('/')).c_str());   // only once it is empty
+  }
+}
 
 // The --calls socket: frames are written by the threads that make them; one reader thread
 // takes the replies.
@@ -504,6 +525,7 @@ void CallsLink::FailAll() {
   }
   std::fprintf(stderr, "rnnserve-frontend: the server process closed the calls socket\n");
   std::fflush(stderr);
+  RemoveSocketsOfDeadServer();
   std::_Exit(1);
 }
 
@@ -776,6 +798,8 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  g_server_sockets = {calls_path, backend_path};
+  g_server_pid = getppid();
   int calls_fd = ConnectUnix(calls_path);
   if (calls_fd < 0) {
     std::fprintf(stderr, "rnnserve-frontend: cannot connect to %s: %s\n", calls_path.c_str(),
@@ -827,10 +851,9 @@ int main(int argc, char** argv) {
   std::printf("listening %d\n", port);
   std::fflush(stdout);
 
-  const pid_t server_pid = getppid();   // only its SIGTERM stops this process (see top)
-  siginfo_t signal_info{};
+  siginfo_t signal_info{};   // only the server's SIGTERM stops this process (see top)
   while (sigwaitinfo(&signals, &signal_info) < 0 || signal_info.si_signo != SIGTERM ||
-         signal_info.si_pid != server_pid) {
+         signal_info.si_pid != g_server_pid) {
   }
   if (write(wake[1], "x", 1) == 1) accepting.join();   // no new connections from here on
   auto deadline = std::chrono::system_clock::now() +

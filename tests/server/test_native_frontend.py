@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import figures
 import grpc
@@ -356,16 +357,28 @@ def test_sigterm_exits_zero_and_server_death_takes_the_frontend_along(tiny_repos
                                                                       native_frontend_binary):
     with start_server(tiny_repository, subprocess=True, frontend="native") as server:
         [frontend] = _frontend_pids(server.process.pid)
+        sockets = _socket_directory(frontend)
         assert server.stop(signal.SIGTERM) == 0
         assert not _alive(frontend)
-    with start_server(tiny_repository, subprocess=True, frontend="native") as server:
-        [frontend] = _frontend_pids(server.process.pid)
+        assert not sockets.exists()
+    with start_server(tiny_repository, subprocess=True, frontend="native", workers=2) as server:
+        frontends = _frontend_pids(server.process.pid)
+        sockets = _socket_directory(frontends[0])
         server.process.kill()                      # no chance to clean up
         server.wait()
         deadline = time.monotonic() + 5
-        while _alive(frontend) and time.monotonic() < deadline:
+        while any(map(_alive, frontends)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(frontend), "the front-end outlived its server"
+        assert not any(map(_alive, frontends)), "a front-end outlived its server"
+        assert not sockets.exists(), "the server's sockets were left behind"
+
+
+def _socket_directory(frontend: int) -> Path:
+    """The directory of the server's sockets that front-end process ``frontend`` uses."""
+    argv = Path(f"/proc/{frontend}/cmdline").read_bytes().split(b"\0")
+    directory = Path(argv[argv.index(b"--calls") + 1].decode()).parent
+    assert directory.is_dir()
+    return directory
 
 
 @pytest.mark.parametrize("frontend", ["native", "python"])
