@@ -39,7 +39,8 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _handler(kind: str):
+def _method(kind: str):
+    """The empty unary method (sync for the thread-pool server, async for the others)."""
     import grpc
 
     if kind == "sync":
@@ -48,9 +49,14 @@ def _handler(kind: str):
     else:
         async def answer(request, context):
             return _REPLY
-    return grpc.method_handlers_generic_handler("floor.Empty", {
-        "Call": grpc.unary_unary_rpc_method_handler(answer, request_deserializer=_identity,
-                                                    response_serializer=_identity)})
+    return grpc.unary_unary_rpc_method_handler(answer, request_deserializer=_identity,
+                                               response_serializer=_identity)
+
+
+def _handler(kind: str):
+    import grpc
+
+    return grpc.method_handlers_generic_handler("floor.Empty", {"Call": _method(kind)})
 
 
 def serve(kind: str, port: int) -> None:
@@ -86,14 +92,10 @@ async def _serve_calls(port: int) -> None:
     until SIGTERM (then the front-end stops and its socket directory is removed)."""
     import signal
 
-    import grpc
     from rnnserve.server.native_frontend import NativeFrontend
 
-    async def answer(request, context):
-        return _REPLY
-
-    frontend = NativeFrontend({METHOD: grpc.unary_unary_rpc_method_handler(answer)},
-                              listen=f"127.0.0.1:{port}", options=[], grace=1.0)
+    frontend = NativeFrontend({METHOD: _method("calls")}, listen=f"127.0.0.1:{port}",
+                              options=[], grace=1.0)
     await frontend.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

@@ -159,10 +159,8 @@ void RemoveSocketsOfDeadServer() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   for (const auto& path : g_server_sockets) unlink(path.c_str());
-  if (!g_server_sockets.empty()) {
-    const std::string& first = g_server_sockets.front();
-    rmdir(first.substr(0, first.rfind('/')).c_str());   // only once it is empty
-  }
+  const std::string& calls = g_server_sockets.front();   // set before the link starts
+  rmdir(calls.substr(0, calls.rfind('/')).c_str());      // only once it is empty
 }
 
 // The --calls socket: frames are written by the threads that make them; one reader thread
